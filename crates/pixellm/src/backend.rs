@@ -1,0 +1,181 @@
+//! Run-time choice of the Burn device and float dtype.
+//!
+//! The model code never names a backend; this is the one place that maps a user's
+//! `--backend` / `--dtype` onto a Burn [`Device`], with errors that list what this build
+//! can do instead.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::{DType, Device};
+
+use crate::error::{Error, Result};
+
+/// A compute backend the user can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Pure-Rust CPU backend (Burn `flex`).
+    Cpu,
+    /// wgpu, letting wgpu pick the graphics API (Vulkan, Metal, DX12, WebGPU).
+    Wgpu,
+    /// wgpu on Vulkan.
+    Vulkan,
+    /// wgpu on Metal.
+    Metal,
+    /// CUDA (NVIDIA).
+    Cuda,
+}
+
+impl Backend {
+    /// Every backend name the CLI accepts.
+    pub const ALL: [Backend; 5] = [Backend::Cpu, Backend::Wgpu, Backend::Vulkan, Backend::Metal, Backend::Cuda];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Wgpu => "wgpu",
+            Backend::Vulkan => "vulkan",
+            Backend::Metal => "metal",
+            Backend::Cuda => "cuda",
+        }
+    }
+
+    /// Whether this build has the backend compiled in.
+    pub fn compiled(self) -> bool {
+        match self {
+            Backend::Cpu => cfg!(feature = "cpu"),
+            Backend::Wgpu | Backend::Vulkan => cfg!(feature = "wgpu"),
+            Backend::Metal => cfg!(all(feature = "wgpu", target_os = "macos")),
+            Backend::Cuda => cfg!(feature = "cuda"),
+        }
+    }
+
+    /// The backends compiled into this build.
+    pub fn available() -> Vec<Backend> {
+        Self::ALL.into_iter().filter(|b| b.compiled()).collect()
+    }
+
+    /// Creates the device. Fails with the list of compiled backends when this one is
+    /// missing, and when no adapter/GPU is found.
+    pub fn device(self) -> Result<Device> {
+        if !self.compiled() {
+            return Err(Error::Backend(format!(
+                "`{}` is not compiled into this build; available: {}",
+                self.name(),
+                list(&Self::available())
+            )));
+        }
+        match self {
+            #[cfg(feature = "cpu")]
+            Backend::Cpu => Ok(Device::flex()),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu | Backend::Vulkan | Backend::Metal => wgpu_device(self),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => {
+                let devices = Device::enumerate(burn::tensor::DeviceType::Cuda);
+                devices.into_iter().next().ok_or_else(|| {
+                    Error::Backend("`cuda` is compiled in but no CUDA device was found (is the NVIDIA driver loaded?)".into())
+                })
+            }
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("compiled() guards every backend"),
+        }
+    }
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_device(backend: Backend) -> Result<Device> {
+    use burn::tensor::DeviceKind;
+    // wgpu panics deep inside when no adapter exists; probe first so the user gets a sentence.
+    if !wgpu_adapter_exists(backend) {
+        return Err(Error::Backend(format!(
+            "`{}` is compiled in but no GPU adapter was found (on Linux without a GPU, install Mesa's software Vulkan driver: apt-get install mesa-vulkan-drivers); available: {}",
+            backend.name(),
+            list(&Backend::available())
+        )));
+    }
+    Ok(match backend {
+        Backend::Vulkan => Device::vulkan(DeviceKind::DefaultDevice),
+        Backend::Metal => Device::metal(DeviceKind::DefaultDevice),
+        _ => Device::wgpu(DeviceKind::DefaultDevice),
+    })
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_adapter_exists(backend: Backend) -> bool {
+    use burn::tensor::wgpu::wgpu;
+    let backends = match backend {
+        Backend::Vulkan => wgpu::Backends::VULKAN,
+        Backend::Metal => wgpu::Backends::METAL,
+        _ => wgpu::Backends::all(),
+    };
+    let instance = wgpu::Instance::new(&wgpu::InstanceDescriptor { backends, ..Default::default() });
+    !instance.enumerate_adapters(backends).is_empty()
+}
+
+fn list(backends: &[Backend]) -> String {
+    if backends.is_empty() {
+        return "none".into();
+    }
+    backends.iter().map(|b| b.name()).collect::<Vec<_>>().join(", ")
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Backend {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| Error::Backend(format!("unknown backend `{s}`; expected one of cpu, wgpu, vulkan, metal, cuda")))
+    }
+}
+
+/// Float precision of the weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// 32-bit float (the conformance reference).
+    F32,
+    /// IEEE half.
+    F16,
+    /// bfloat16 (the released checkpoints' dtype).
+    Bf16,
+}
+
+impl Precision {
+    /// The Burn dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "f16" => Ok(Precision::F16),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(Error::Backend(format!("unknown dtype `{s}`; expected f32, f16 or bf16"))),
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! PixelLM inference on Burn: a CLIP ViT-L/14 vision tower at 448 px, a LLaMA language
+//! model, a 6-token segmentation codebook and a SAM-style two-level pixel decoder, loaded
+//! from the released checkpoints and run on whichever Burn device the caller picks.
+//!
+//! Data flows one way: bytes ([`weights`], [`tokenizer`], [`image`]) -> tensors
+//! ([`model`]) -> masks ([`pipeline`]).
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod image;
+pub mod model;
+pub mod pipeline;
+pub mod tokenizer;
+pub mod weights;
+pub mod backend;
+
+pub use error::{Error, Result};
+pub use pipeline::{PixelLm, Progress, Segmentation, SegmentRequest, Target};

@@ -1,0 +1,65 @@
+//! The segmentation codebook: hidden states of the `[SEGk]` predictions -> one prompt
+//! embedding per target and visual scale (spec §9).
+
+use burn::tensor::Tensor;
+
+use super::projector::{Activation, TwoLayerMlp};
+use super::params::Params;
+use crate::error::Result;
+
+/// `multiseg_scalar`: never registered, trained or saved in PixelLM; every entry is
+/// `1 / len(seg_token_idx)` = 1/6, of which the first 3 are used (quirk §15.2).
+pub const MULTISEG_SCALAR: f32 = 1.0 / 6.0;
+
+/// `text_hidden_fcs.0` plus the order-based grouping and fixed-weight fusion.
+#[derive(Debug, Clone)]
+pub struct Codebook {
+    text_hidden_fcs: TwoLayerMlp,
+    tokens_per_scale: usize,
+    scales: usize,
+}
+
+impl Codebook {
+    /// Loads `model.text_hidden_fcs.0.{0,2}` from `p` (the `model.` prefix).
+    pub fn load(p: &Params, hidden: usize, out_dim: usize, tokens_per_scale: usize, scales: usize) -> Result<Self> {
+        Ok(Self {
+            text_hidden_fcs: TwoLayerMlp::load(
+                &p.pp("text_hidden_fcs"),
+                "0",
+                (hidden, hidden, out_dim),
+                Activation::Relu,
+            )?,
+            tokens_per_scale,
+            scales,
+        })
+    }
+
+    /// Codebook tokens per target (6).
+    pub fn tokens_per_target(&self) -> usize {
+        self.tokens_per_scale * self.scales
+    }
+
+    /// Projects the gathered hidden states.
+    ///
+    /// # Shapes
+    /// `[K, H]` -> `[K, out_dim]`
+    pub fn project(&self, hidden: Tensor<2>) -> Tensor<2> {
+        self.text_hidden_fcs.forward(hidden)
+    }
+
+    /// Groups projected codebook embeddings by order of occurrence and fuses each group
+    /// of `tokens_per_scale` with weight 1/6 each. `K` must be a multiple of 6 (the caller
+    /// drops all masks otherwise, as the official code does).
+    ///
+    /// # Shapes
+    /// `[K, out_dim]` -> `[K / 6, scales, out_dim]`
+    pub fn fuse(&self, projected: Tensor<2>) -> Tensor<3> {
+        let [k, d] = projected.dims();
+        let n = k / self.tokens_per_target();
+        projected
+            .reshape([n, self.scales, self.tokens_per_scale, d])
+            .sum_dim(2)
+            .mul_scalar(MULTISEG_SCALAR)
+            .reshape([n, self.scales, d])
+    }
+}

@@ -1,0 +1,322 @@
+//! The LLaMA language model (transformers 4.31 `LlamaModel` + `lm_head`), with a KV cache
+//! kept outside the weights.
+//!
+//! Spec §7. Grouped-query attention, RoPE θ and tied embeddings are configuration, not
+//! copies, so the same code runs PixelLM's Vicuna/LLaMA-2 and other LLaMA-architecture
+//! models.
+
+use burn::tensor::{activation, module, ops::AttentionModuleOptions, Bool, Device, Int, Tensor, TensorData};
+
+use super::nn::{merge_heads, split_heads, Embedding, Linear, RmsNorm};
+use super::params::Params;
+use crate::config::LlamaConfig;
+use crate::error::{Error, Result};
+
+/// RoPE cos/sin tables `[max_positions, head_dim]`, NeoX half-rotation layout.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+}
+
+impl Rope {
+    /// Builds the tables as transformers does: `inv_freq = 1 / θ^(2i/d)` and
+    /// `t · inv_freq` in f32, the 64 frequencies repeated to cover the head.
+    pub fn new(p: &Params, head_dim: usize, theta: f64, max_positions: usize) -> Self {
+        let half = head_dim / 2;
+        // f32 throughout, as torch computes `1 / base ** (arange(0, d, 2).float() / d)`.
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(max_positions * head_dim);
+        let mut sin = Vec::with_capacity(max_positions * head_dim);
+        for pos in 0..max_positions {
+            let t = pos as f32;
+            for _ in 0..2 {
+                for f in &inv_freq {
+                    let a = t * f;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
+            }
+        }
+        Self {
+            cos: p.upload(cos, [max_positions, head_dim]),
+            sin: p.upload(sin, [max_positions, head_dim]),
+        }
+    }
+
+    /// Rotates `x` (`[B, heads, n, d]`) for positions `start..start + n`.
+    pub fn apply(&self, x: Tensor<4>, start: usize) -> Tensor<4> {
+        let [_, _, n, d] = x.dims();
+        let cos = self.cos.clone().narrow(0, start, n).reshape([1, 1, n, d]);
+        let sin = self.sin.clone().narrow(0, start, n).reshape([1, 1, n, d]);
+        x.clone() * cos + rotate_half(x) * sin
+    }
+}
+
+/// `[x1, x2] -> [−x2, x1]` on the two halves of the last dimension.
+fn rotate_half(x: Tensor<4>) -> Tensor<4> {
+    let d = x.dims()[3];
+    let x1 = x.clone().narrow(3, 0, d / 2);
+    let x2 = x.narrow(3, d / 2, d / 2);
+    Tensor::cat(vec![x2.neg(), x1], 3)
+}
+
+/// Keys and values of every layer for positions `0..len`, preallocated to `capacity` so a
+/// decode step writes in place instead of re-concatenating the history.
+#[derive(Debug)]
+pub struct KvCache {
+    keys: Vec<Tensor<4>>,
+    values: Vec<Tensor<4>>,
+    /// `[capacity]`, `true` for positions hidden from every query (padded image tokens).
+    key_padding: Option<Tensor<1, Bool>>,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `capacity` positions. `key_padding[i]` hides position `i` as a key
+    /// (PixelLM masks the padded image tokens, spec §6.2); positions past its end are visible.
+    pub fn new(
+        config: &LlamaConfig,
+        capacity: usize,
+        key_padding: &[bool],
+        device: &Device,
+        dtype: burn::tensor::DType,
+    ) -> Result<Self> {
+        if capacity > config.max_position_embeddings {
+            return Err(Error::Prompt(format!(
+                "{capacity} positions exceed the model's context of {} (max_position_embeddings)",
+                config.max_position_embeddings
+            )));
+        }
+        let shape = [1, config.num_key_value_heads, capacity, config.head_dim()];
+        let zeros = || Tensor::<4>::zeros(shape, (device, dtype));
+        let key_padding = key_padding.iter().any(|&b| b).then(|| {
+            let mut mask = vec![false; capacity];
+            let n = key_padding.len().min(capacity);
+            mask[..n].copy_from_slice(&key_padding[..n]);
+            Tensor::<1, Bool>::from_data(TensorData::new(mask, [capacity]), device)
+        });
+        Ok(Self {
+            keys: (0..config.num_hidden_layers).map(|_| zeros()).collect(),
+            values: (0..config.num_hidden_layers).map(|_| zeros()).collect(),
+            key_padding,
+            len: 0,
+            capacity,
+        })
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Positions the cache can still take.
+    pub fn remaining(&self) -> usize {
+        self.capacity - self.len
+    }
+
+    /// Forgets every cached position (the allocation is kept).
+    pub fn reset(&mut self) {
+        self.len = 0;
+    }
+
+    /// Writes `k`, `v` (`[1, kv_heads, n, d]`) of `layer` at positions `len..len + n` and
+    /// returns the keys and values of positions `0..len + n`.
+    fn append(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let [b, h, n, d] = k.dims();
+        let (start, end) = (self.len, self.len + n);
+        let ranges = [0..b, 0..h, start..end, 0..d];
+        let keys = std::mem::replace(&mut self.keys[layer], k.clone());
+        self.keys[layer] = keys.slice_assign(ranges.clone(), k);
+        let values = std::mem::replace(&mut self.values[layer], v.clone());
+        self.values[layer] = values.slice_assign(ranges, v);
+        (
+            self.keys[layer].clone().narrow(2, 0, end),
+            self.values[layer].clone().narrow(2, 0, end),
+        )
+    }
+}
+
+/// LLaMA attention.
+#[derive(Debug, Clone)]
+pub struct LlamaAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    heads: usize,
+    kv_heads: usize,
+}
+
+/// LLaMA SwiGLU MLP.
+#[derive(Debug, Clone)]
+pub struct LlamaMlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+/// One decoder layer (pre-RMSNorm attention and MLP).
+#[derive(Debug, Clone)]
+pub struct LlamaDecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: LlamaAttention,
+    post_attention_layernorm: RmsNorm,
+    mlp: LlamaMlp,
+}
+
+impl LlamaDecoderLayer {
+    fn load(p: &Params, c: &LlamaConfig) -> Result<Self> {
+        let (h, hd) = (c.hidden_size, c.head_dim());
+        let kv = c.num_key_value_heads * hd;
+        let a = p.pp("self_attn");
+        let m = p.pp("mlp");
+        Ok(Self {
+            input_layernorm: RmsNorm::load(p, "input_layernorm", h, c.rms_norm_eps)?,
+            self_attn: LlamaAttention {
+                q_proj: Linear::load(&a, "q_proj", h, h, false)?,
+                k_proj: Linear::load(&a, "k_proj", h, kv, false)?,
+                v_proj: Linear::load(&a, "v_proj", h, kv, false)?,
+                o_proj: Linear::load(&a, "o_proj", h, h, false)?,
+                heads: c.num_attention_heads,
+                kv_heads: c.num_key_value_heads,
+            },
+            post_attention_layernorm: RmsNorm::load(p, "post_attention_layernorm", h, c.rms_norm_eps)?,
+            mlp: LlamaMlp {
+                gate_proj: Linear::load(&m, "gate_proj", h, c.intermediate_size, false)?,
+                up_proj: Linear::load(&m, "up_proj", h, c.intermediate_size, false)?,
+                down_proj: Linear::load(&m, "down_proj", c.intermediate_size, h, false)?,
+            },
+        })
+    }
+
+    fn forward(&self, x: Tensor<3>, layer: usize, rope: &Rope, cache: &mut KvCache) -> Tensor<3> {
+        let a = &self.self_attn;
+        let y = self.input_layernorm.forward(x.clone());
+        let start = cache.len;
+        let q = rope.apply(split_heads(a.q_proj.forward(y.clone()), a.heads), start);
+        let k = rope.apply(split_heads(a.k_proj.forward(y.clone()), a.kv_heads), start);
+        let v = split_heads(a.v_proj.forward(y), a.kv_heads);
+        let (k, v) = cache.append(layer, k, v);
+        let (k, v) = (repeat_kv(k, a.heads), repeat_kv(v, a.heads));
+        let [b, _, n, d] = q.dims();
+        let total = k.dims()[2];
+        let mask = cache
+            .key_padding
+            .as_ref()
+            .map(|m| m.clone().narrow(0, 0, total).reshape([1, 1, 1, total]).expand([b, a.heads, n, total]));
+        let out = module::attention(
+            q,
+            k,
+            v,
+            mask,
+            None,
+            AttentionModuleOptions {
+                scale: Some(1.0 / (d as f64).sqrt()),
+                softcap: None,
+                // Bottom-right aligned: a decode step (n = 1) sees every cached key.
+                is_causal: true,
+            },
+        );
+        let x = x + a.o_proj.forward(merge_heads(out));
+        let y = self.post_attention_layernorm.forward(x.clone());
+        let m = &self.mlp;
+        let hidden = activation::silu(m.gate_proj.forward(y.clone())) * m.up_proj.forward(y);
+        x + m.down_proj.forward(hidden)
+    }
+}
+
+/// `[B, kv_heads, L, d]` -> `[B, heads, L, d]` (grouped-query attention).
+fn repeat_kv(x: Tensor<4>, heads: usize) -> Tensor<4> {
+    let [b, kv, l, d] = x.dims();
+    if kv == heads {
+        return x;
+    }
+    let rep = heads / kv;
+    x.reshape([b, kv, 1, l, d]).expand([b, kv, rep, l, d]).reshape([b, heads, l, d])
+}
+
+/// LLaMA decoder stack, final norm and LM head.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    embed_tokens: Embedding,
+    layers: Vec<LlamaDecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    config: LlamaConfig,
+}
+
+impl Llama {
+    /// Loads `model.embed_tokens`, `model.layers.*`, `model.norm` and `lm_head` (or the
+    /// tied embedding) from `p` (the checkpoint root).
+    pub fn load(p: &Params, c: &LlamaConfig) -> Result<Self> {
+        let m = p.pp("model");
+        let embed_tokens = Embedding::load(&m, "embed_tokens", c.vocab_size, c.hidden_size)?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| LlamaDecoderLayer::load(&m.pp("layers").pp(i), c))
+            .collect::<Result<Vec<_>>>()?;
+        let lm_head = if c.tie_word_embeddings && !p.contains("lm_head.weight") {
+            Linear { weight: embed_tokens.weight.clone(), bias: None }
+        } else {
+            Linear::load(p, "lm_head", c.hidden_size, c.vocab_size, false)?
+        };
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm: RmsNorm::load(&m, "norm", c.hidden_size, c.rms_norm_eps)?,
+            lm_head,
+            rope: Rope::new(p, c.head_dim(), c.rope_theta, c.max_position_embeddings),
+            config: c.clone(),
+        })
+    }
+
+    /// The configuration the model was built with.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// Token embeddings.
+    ///
+    /// # Shapes
+    /// ids `[n]` -> `[1, n, H]`
+    pub fn embed(&self, ids: &[i64], device: &Device) -> Tensor<3> {
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids.to_vec(), [ids.len()]), device);
+        self.embed_tokens.forward(ids).unsqueeze()
+    }
+
+    /// Runs `embeds` (`[1, n, H]`) at positions `cache.len()..cache.len() + n` and returns the
+    /// final-norm hidden states `[1, n, H]` (what PixelLM's segmentation head reads).
+    pub fn forward(&self, embeds: Tensor<3>, cache: &mut KvCache) -> Result<Tensor<3>> {
+        let n = embeds.dims()[1];
+        if n > cache.remaining() {
+            return Err(Error::Prompt(format!(
+                "{} positions exceed the cache capacity of {}",
+                cache.len() + n,
+                cache.capacity
+            )));
+        }
+        let mut h = embeds;
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(h, i, &self.rope, cache);
+        }
+        cache.len += n;
+        Ok(self.norm.forward(h))
+    }
+
+    /// Vocabulary logits of final-norm hidden states.
+    ///
+    /// # Shapes
+    /// `[.., H]` -> `[.., V]`
+    pub fn logits<const D: usize>(&self, h: Tensor<D>) -> Tensor<D> {
+        self.lm_head.forward(h)
+    }
+}

@@ -1,0 +1,318 @@
+//! The PixelLM network as one tree of Burn tensors, backend-free: the device (CPU, wgpu,
+//! CUDA) and float dtype are chosen when the weights are loaded.
+//!
+//! Stage functions are public so tests can compare each against the conformance goldens
+//! and benches can time each; [`crate::pipeline`] strings them together.
+
+pub mod codebook;
+pub mod llm;
+pub mod mask_decoder;
+pub mod neck;
+pub mod nn;
+pub mod params;
+pub mod projector;
+pub mod prompt_encoder;
+pub mod resize;
+pub mod two_way_transformer;
+pub mod vision;
+
+use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
+
+use crate::config::{ClipVisionConfig, PixelLmConfig};
+use crate::error::{Error, Result};
+use crate::weights::WeightFiles;
+use codebook::Codebook;
+use llm::Llama;
+use mask_decoder::{LevelOutput, MaskDecoderMultiScale};
+use neck::ImageFeatureNeck;
+use params::Params;
+use projector::{Activation, TwoLayerMlp};
+use prompt_encoder::PromptEncoder;
+use vision::{VisionOutput, VisionTower};
+
+/// The id PixelLM/LLaVA splices the image features at (`IMAGE_TOKEN_INDEX`).
+pub const IMAGE_TOKEN_INDEX: i64 = -200;
+
+/// PixelLM weights on one device.
+#[derive(Debug, Clone)]
+pub struct PixelLmModel {
+    config: PixelLmConfig,
+    clip_config: ClipVisionConfig,
+    vision: VisionTower,
+    mm_projector: TwoLayerMlp,
+    out_mm_projector: TwoLayerMlp,
+    llm: Llama,
+    codebook: Codebook,
+    neck: ImageFeatureNeck,
+    prompt_encoder: PromptEncoder,
+    mask_decoder: MaskDecoderMultiScale,
+    device: Device,
+    dtype: DType,
+}
+
+/// Everything derived from the image alone: computed once per image, reused for every
+/// generated token and every target.
+#[derive(Debug, Clone)]
+pub struct ImageFeatures {
+    /// CLIP hidden states.
+    pub vision: VisionOutput,
+    /// Deep patch features 2×2-averaged to the LLM grid, `[1, g², D]` (`proj.llm_in_16x16`).
+    pub llm_in: Tensor<3>,
+    /// `mm_projector` output spliced into the LLM input, `[1, g², H]`.
+    pub llm_tokens: Tensor<3>,
+    /// `out_mm_projector` of both scales, `[2, patches, H]` (deep first).
+    pub mask_features: Tensor<3>,
+    /// Neck output `[2, 256, G, G]` (deep first).
+    pub decoder_features: Tensor<4>,
+}
+
+/// The pixel decoder's outputs for `N` targets.
+#[derive(Debug, Clone)]
+pub struct MaskOutputs {
+    /// `text_hidden_fcs` of the gathered hidden states `[6N, 256]`.
+    pub projected: Tensor<2>,
+    /// Fused codebook embeddings `[N, 2, 256]`.
+    pub prompt_embeddings: Tensor<3>,
+    /// Level 0 (deep features, 64×64 masks).
+    pub level0: LevelOutput,
+    /// Level 1 (shallow features, 128×128 masks).
+    pub level1: LevelOutput,
+    /// Both levels averaged at 128×128, `[N, 1, 128, 128]`.
+    pub low_res: Tensor<4>,
+}
+
+impl PixelLmModel {
+    /// Builds the model from opened PixelLM and CLIP checkpoints onto `device` in `dtype`.
+    pub fn load(
+        config: &PixelLmConfig,
+        clip_config: &ClipVisionConfig,
+        weights: &WeightFiles,
+        clip_weights: &WeightFiles,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let d = clip_config.hidden_size;
+        if let Some(mm) = config.mm_hidden_size {
+            if mm != d {
+                return Err(Error::config(
+                    "config.json",
+                    format!("mm_hidden_size = {mm} but the vision tower's hidden_size is {d}"),
+                ));
+            }
+        }
+        let grid = config.image_size / clip_config.patch_size;
+        if grid % 2 != 0 {
+            return Err(Error::config(
+                "config.json",
+                format!("{} px / patch {} gives an odd grid {grid}; the LLM grid is half of it", config.image_size, clip_config.patch_size),
+            ));
+        }
+        let h = config.llm.hidden_size;
+        let root = Params::new(weights, device, dtype);
+        let m = root.pp("model");
+        let vision = VisionTower::load(&Params::new(clip_weights, device, dtype), clip_config, config.image_size)?;
+        Ok(Self {
+            vision,
+            mm_projector: TwoLayerMlp::load(&m, "mm_projector", (d, 2 * h, h), Activation::Gelu)?,
+            out_mm_projector: TwoLayerMlp::load(&m, "out_mm_projector", (d, 2 * h, h), Activation::Gelu)?,
+            llm: Llama::load(&root, &config.llm)?,
+            codebook: Codebook::load(&m, h, config.out_dim, 3, config.scales)?,
+            neck: ImageFeatureNeck::load(&m, h, config.out_dim)?,
+            prompt_encoder: PromptEncoder::load(&m, config.out_dim, grid)?,
+            mask_decoder: MaskDecoderMultiScale::load(&m, config.out_dim, grid)?,
+            config: config.clone(),
+            clip_config: clip_config.clone(),
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// The PixelLM configuration.
+    pub fn config(&self) -> &PixelLmConfig {
+        &self.config
+    }
+
+    /// The vision tower configuration.
+    pub fn clip_config(&self) -> &ClipVisionConfig {
+        &self.clip_config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The float dtype of the weights.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The language model.
+    pub fn llm(&self) -> &Llama {
+        &self.llm
+    }
+
+    /// The vision tower.
+    pub fn vision(&self) -> &VisionTower {
+        &self.vision
+    }
+
+    /// Codebook tokens per target.
+    pub fn tokens_per_target(&self) -> usize {
+        self.codebook.tokens_per_target()
+    }
+
+    /// The dense positional encoding of level 0, `[1, 256, G, G]`.
+    pub fn dense_pe(&self) -> Tensor<4> {
+        self.prompt_encoder.dense_pe.clone()
+    }
+
+    /// The dense prompt embedding, `[1, 256, G, G]`.
+    pub fn dense_embeddings(&self) -> Tensor<4> {
+        let g = self.grid();
+        self.prompt_encoder.dense_embeddings(g, g)
+    }
+
+    /// Patches per side at the run resolution (32).
+    pub fn grid(&self) -> usize {
+        self.config.image_size / self.clip_config.patch_size
+    }
+
+    /// Side of the LLM's image grid (16): the deep features are 2×2-averaged.
+    pub fn llm_grid(&self) -> usize {
+        self.grid() / 2
+    }
+
+    /// Uploads host pixels `[3, S, S]` as the `[1, 3, S, S]` tower input.
+    pub fn pixels(&self, values: Vec<f32>) -> Tensor<4> {
+        let s = self.config.image_size;
+        params::upload(values, [1, 3, s, s], &self.device, self.dtype)
+    }
+
+    /// Vision tower, projectors and neck: every image-only stage (spec §5–6).
+    ///
+    /// `patch_valid`: `[G²]`, false for patches whose top-left pixel is padding.
+    pub fn encode_image(&self, pixels: Tensor<4>, patch_valid: &[bool]) -> ImageFeatures {
+        let key_padding = self.key_padding(patch_valid);
+        let vision = self.vision.forward(pixels, key_padding);
+        let (g, lg) = (self.grid(), self.llm_grid());
+        let d = self.clip_config.hidden_size;
+        let h = self.config.llm.hidden_size;
+
+        // Patch tokens of both scales (CLS dropped), deep first.
+        let deep = vision.deep.clone().narrow(1, 1, g * g);
+        let shallow = vision.shallow.clone().narrow(1, 1, g * g);
+
+        // LLM tokens: bilinear 32 -> 16 (exactly a 2×2 average) on the [D, g, g] grid.
+        let grid = deep.clone().swap_dims(1, 2).reshape([1, d, g, g]);
+        let pooled = resize::bilinear(grid, (lg, lg));
+        let llm_in = pooled.reshape([1, d, lg * lg]).swap_dims(1, 2);
+        let llm_tokens = self.mm_projector.forward(llm_in.clone());
+
+        let both = Tensor::cat(vec![deep, shallow], 0);
+        let mask_features = self.out_mm_projector.forward(both);
+        let maps = mask_features.clone().swap_dims(1, 2).reshape([2, h, g, g]);
+        let decoder_features = self.neck.forward(maps);
+        ImageFeatures {
+            vision,
+            llm_in,
+            llm_tokens,
+            mask_features,
+            decoder_features,
+        }
+    }
+
+    fn key_padding(&self, patch_valid: &[bool]) -> Option<Tensor<1, Bool>> {
+        if patch_valid.iter().all(|&v| v) {
+            return None;
+        }
+        // CLS is always visible.
+        let mask: Vec<bool> = std::iter::once(false).chain(patch_valid.iter().map(|v| !v)).collect();
+        let n = mask.len();
+        Some(Tensor::<1, Bool>::from_data(TensorData::new(mask, [n]), &self.device))
+    }
+
+    /// LLM input embeddings with the image tokens spliced in place of the single
+    /// `IMAGE_TOKEN_INDEX` (spec §6.2). Returns `[1, E, H]` and the position of the first
+    /// image token.
+    pub fn splice_image(&self, ids: &[i64], image_tokens: &Tensor<3>) -> Result<(Tensor<3>, usize)> {
+        let p = image_position(ids)?;
+        let vocab = self.config.llm.vocab_size as i64;
+        if let Some(bad) = ids.iter().find(|&&i| i != IMAGE_TOKEN_INDEX && !(0..vocab).contains(&i)) {
+            return Err(Error::Prompt(format!("token id {bad} is outside the vocabulary of {vocab}")));
+        }
+        let mut parts = Vec::new();
+        if p > 0 {
+            parts.push(self.llm.embed(&ids[..p], &self.device));
+        }
+        parts.push(image_tokens.clone());
+        if p + 1 < ids.len() {
+            parts.push(self.llm.embed(&ids[p + 1..], &self.device));
+        }
+        Ok((Tensor::cat(parts, 1), p))
+    }
+
+    /// Codebook, prompt encoder, both decoder levels and the 128×128 fusion (spec §9–10.4).
+    ///
+    /// `seg_hidden`: final-norm hidden states that predicted the codebook tokens, `[6N, H]`.
+    pub fn decode_masks(&self, seg_hidden: Tensor<2>, decoder_features: &Tensor<4>) -> MaskOutputs {
+        let projected = self.codebook.project(seg_hidden);
+        let prompt_embeddings = self.codebook.fuse(projected.clone());
+        let [n, _, c] = prompt_embeddings.dims();
+        let g = self.grid();
+        let sparse = |l: usize| prompt_embeddings.clone().narrow(1, l, 1);
+        let features = |l: usize| decoder_features.clone().narrow(0, l, 1);
+        let no_mask = &self.prompt_encoder.no_mask_embed;
+        let dense_pe = &self.prompt_encoder.dense_pe;
+        let level0 = self.mask_decoder.level(0, features(0), sparse(0), no_mask, dense_pe, None);
+        let level1 = self.mask_decoder.level(1, features(1), sparse(1), no_mask, dense_pe, Some(&level0.masks));
+        let out = 4 * g;
+        let m0 = resize::bilinear(level0.masks.clone(), (out, out));
+        let m1 = resize::bilinear(level1.masks.clone(), (out, out));
+        // multiscale_scalar: 1/2 each, constants like multiseg_scalar.
+        let low_res = (m0 + m1).mul_scalar(0.5);
+        let _ = c;
+        debug_assert_eq!(low_res.dims(), [n, 1, out, out]);
+        MaskOutputs {
+            projected,
+            prompt_embeddings,
+            level0,
+            level1,
+            low_res,
+        }
+    }
+
+    /// Low-res logits -> logits at the original image size (spec §10.5): bilinear to the run
+    /// resolution, crop the un-padded `resized` area, bilinear to `original`. The three steps
+    /// fold into one row and one column matrix.
+    ///
+    /// # Shapes
+    /// `[N, 1, 128, 128]` -> `[N, 1, H0, W0]`
+    pub fn postprocess(&self, low_res: Tensor<4>, resized: (usize, usize), original: (usize, usize)) -> Tensor<4> {
+        let [_, _, lh, lw] = low_res.dims();
+        let s = self.config.image_size;
+        let fold = |low: usize, crop: usize, orig: usize| {
+            let up = resize::bilinear_weights(low, s);
+            let down = resize::bilinear_weights(crop, orig);
+            resize::compose(&down, &up[..crop * low], orig, crop, low)
+        };
+        resize::resize_with(
+            low_res,
+            fold(lh, resized.0, original.0),
+            fold(lw, resized.1, original.1),
+            original,
+            &self.device,
+            self.dtype,
+        )
+    }
+}
+
+/// Position of the single image placeholder in `ids`.
+pub fn image_position(ids: &[i64]) -> Result<usize> {
+    let mut found = ids.iter().enumerate().filter(|(_, &i)| i == IMAGE_TOKEN_INDEX).map(|(p, _)| p);
+    match (found.next(), found.next()) {
+        (Some(p), None) => Ok(p),
+        (None, _) => Err(Error::Prompt("the prompt has no <image> placeholder".into())),
+        (Some(_), Some(_)) => Err(Error::Prompt("the prompt has more than one <image> placeholder".into())),
+    }
+}

@@ -1,0 +1,40 @@
+//! `image_feature_neck`: projected CLIP features `[S, H, 32, 32]` -> decoder features
+//! `[S, 256, 32, 32]` (spec §6.4). Never trained: the checkpoint holds its random init
+//! (quirk §15.11), so it is loaded, never re-initialised.
+
+use burn::tensor::{module, ops::ConvOptions, Tensor};
+
+use super::nn::LayerNorm2d;
+use super::params::Params;
+use crate::error::Result;
+
+/// Conv1×1 (no bias), LayerNorm2d, Conv3×3 pad 1 (no bias), LayerNorm2d — keyed `0..3`.
+#[derive(Debug, Clone)]
+pub struct ImageFeatureNeck {
+    conv_0: Tensor<4>,
+    norm_1: LayerNorm2d,
+    conv_2: Tensor<4>,
+    norm_3: LayerNorm2d,
+}
+
+impl ImageFeatureNeck {
+    /// Loads `image_feature_neck.{0,1,2,3}` from `p` (the `model.` prefix).
+    pub fn load(p: &Params, d_in: usize, d_out: usize) -> Result<Self> {
+        let p = p.pp("image_feature_neck");
+        Ok(Self {
+            conv_0: p.tensor("0.weight", [d_out, d_in, 1, 1])?,
+            norm_1: LayerNorm2d::load(&p, "1", d_out)?,
+            conv_2: p.tensor("2.weight", [d_out, d_out, 3, 3])?,
+            norm_3: LayerNorm2d::load(&p, "3", d_out)?,
+        })
+    }
+
+    /// # Shapes
+    /// `[S, H, h, w]` -> `[S, 256, h, w]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = module::conv2d(x, self.conv_0.clone(), None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1));
+        let x = self.norm_1.forward(x);
+        let x = module::conv2d(x, self.conv_2.clone(), None, ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
+        self.norm_3.forward(x)
+    }
+}

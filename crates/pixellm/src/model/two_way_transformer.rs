@@ -1,0 +1,152 @@
+//! SAM's `TwoWayTransformer` (depth 2, 8 heads, ReLU MLP 2048, attention downsample 2):
+//! tokens attend to the image and the image to the tokens (spec §10.2).
+
+use burn::tensor::{activation, Tensor};
+
+use super::nn::{multi_head_attention, LayerNorm, Linear};
+use super::params::Params;
+use crate::error::Result;
+
+const HEADS: usize = 8;
+const MLP_DIM: usize = 2048;
+
+/// SAM `Attention` with projections to `dim / downsample` channels.
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+}
+
+impl Attention {
+    fn load(p: &Params, name: &str, dim: usize, downsample: usize) -> Result<Self> {
+        let p = p.pp(name);
+        let inner = dim / downsample;
+        Ok(Self {
+            q_proj: Linear::load(&p, "q_proj", dim, inner, true)?,
+            k_proj: Linear::load(&p, "k_proj", dim, inner, true)?,
+            v_proj: Linear::load(&p, "v_proj", dim, inner, true)?,
+            out_proj: Linear::load(&p, "out_proj", inner, dim, true)?,
+        })
+    }
+
+    fn forward(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
+        let out = multi_head_attention(
+            self.q_proj.forward(q),
+            self.k_proj.forward(k),
+            self.v_proj.forward(v),
+            HEADS,
+            None,
+        );
+        self.out_proj.forward(out)
+    }
+}
+
+/// `TwoWayAttentionBlock`.
+#[derive(Debug, Clone)]
+struct Block {
+    self_attn: Attention,
+    norm1: LayerNorm,
+    cross_attn_token_to_image: Attention,
+    norm2: LayerNorm,
+    lin1: Linear,
+    lin2: Linear,
+    norm3: LayerNorm,
+    norm4: LayerNorm,
+    cross_attn_image_to_token: Attention,
+    skip_first_layer_pe: bool,
+}
+
+impl Block {
+    fn load(p: &Params, dim: usize, skip_first_layer_pe: bool) -> Result<Self> {
+        let ln = |name: &str| LayerNorm::load(p, name, dim, 1e-5);
+        let mlp = p.pp("mlp");
+        Ok(Self {
+            self_attn: Attention::load(p, "self_attn", dim, 1)?,
+            norm1: ln("norm1")?,
+            cross_attn_token_to_image: Attention::load(p, "cross_attn_token_to_image", dim, 2)?,
+            norm2: ln("norm2")?,
+            lin1: Linear::load(&mlp, "lin1", dim, MLP_DIM, true)?,
+            lin2: Linear::load(&mlp, "lin2", MLP_DIM, dim, true)?,
+            norm3: ln("norm3")?,
+            norm4: ln("norm4")?,
+            cross_attn_image_to_token: Attention::load(p, "cross_attn_image_to_token", dim, 2)?,
+            skip_first_layer_pe,
+        })
+    }
+
+    fn forward(
+        &self,
+        queries: Tensor<3>,
+        keys: Tensor<3>,
+        query_pe: &Tensor<3>,
+        key_pe: &Tensor<3>,
+    ) -> (Tensor<3>, Tensor<3>) {
+        // Self attention of the tokens; the first block has no PE and no residual.
+        let queries = if self.skip_first_layer_pe {
+            self.self_attn.forward(queries.clone(), queries.clone(), queries)
+        } else {
+            let q = queries.clone() + query_pe.clone();
+            queries.clone() + self.self_attn.forward(q.clone(), q, queries)
+        };
+        let queries = self.norm1.forward(queries);
+
+        // Tokens attend to the image.
+        let q = queries.clone() + query_pe.clone();
+        let k = keys.clone() + key_pe.clone();
+        let attn = self.cross_attn_token_to_image.forward(q, k.clone(), keys.clone());
+        let queries = self.norm2.forward(queries + attn);
+
+        let mlp = self.lin2.forward(activation::relu(self.lin1.forward(queries.clone())));
+        let queries = self.norm3.forward(queries + mlp);
+
+        // The image attends to the tokens.
+        let q = queries.clone() + query_pe.clone();
+        let attn = self.cross_attn_image_to_token.forward(k, q, queries.clone());
+        let keys = self.norm4.forward(keys + attn);
+        (queries, keys)
+    }
+}
+
+/// SAM's two-way transformer.
+#[derive(Debug, Clone)]
+pub struct TwoWayTransformer {
+    layers: Vec<Block>,
+    final_attn_token_to_image: Attention,
+    norm_final_attn: LayerNorm,
+}
+
+impl TwoWayTransformer {
+    /// Loads `layers.{0,1}.*`, `final_attn_token_to_image.*`, `norm_final_attn.*` under `p`.
+    pub fn load(p: &Params, dim: usize, depth: usize) -> Result<Self> {
+        let layers = (0..depth)
+            .map(|i| Block::load(&p.pp("layers").pp(i), dim, i == 0))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layers,
+            final_attn_token_to_image: Attention::load(p, "final_attn_token_to_image", dim, 2)?,
+            norm_final_attn: LayerNorm::load(p, "norm_final_attn", dim, 1e-5)?,
+        })
+    }
+
+    /// Returns `(tokens [N, T, C], image keys [N, hw, C])`.
+    ///
+    /// # Shapes
+    /// - `image`, `image_pe`: `[N, C, h, w]`
+    /// - `tokens`: `[N, T, C]` (also the query positional encoding)
+    pub fn forward(&self, image: Tensor<4>, image_pe: Tensor<4>, tokens: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+        let [n, c, h, w] = image.dims();
+        let keys = image.reshape([n, c, h * w]).swap_dims(1, 2);
+        let key_pe = image_pe.reshape([n, c, h * w]).swap_dims(1, 2);
+        let mut queries = tokens.clone();
+        let mut keys = keys;
+        for layer in &self.layers {
+            (queries, keys) = layer.forward(queries, keys, &tokens, &key_pe);
+        }
+        let q = queries.clone() + tokens;
+        let k = keys.clone() + key_pe;
+        let attn = self.final_attn_token_to_image.forward(q, k, keys.clone());
+        (self.norm_final_attn.forward(queries + attn), keys)
+    }
+}

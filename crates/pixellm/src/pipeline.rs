@@ -1,0 +1,411 @@
+//! Image + question in, answer text and one mask per target out: the official `chat.py`
+//! / `evaluate()` flow with a KV cache and the image encoded once (spec §4–10).
+
+use std::path::Path;
+
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use web_time::Instant;
+
+use crate::config::{resolve_vision_tower, ClipVisionConfig, PixelLmConfig};
+use crate::error::{Error, Result};
+use crate::image::{self as img, ClipInput, RgbImage};
+use crate::model::llm::KvCache;
+use crate::model::{image_position, ImageFeatures, PixelLmModel};
+use crate::tokenizer::{llava_v1_prompt, StreamDecoder, Tokenizer};
+use crate::weights::WeightFiles;
+
+/// `max_new_tokens` of the official `chat.py` and MUSE evaluation.
+pub const DEFAULT_MAX_NEW_TOKENS: usize = 512;
+
+/// Progress of a long operation, for a progress bar or log line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    /// A loading step has started.
+    Step(String),
+    /// A loading step has finished, after `ms` milliseconds.
+    Done(String, f64),
+}
+
+/// A loaded PixelLM: weights on a device plus its tokenizer.
+#[derive(Debug, Clone)]
+pub struct PixelLm {
+    model: PixelLmModel,
+    tokenizer: Tokenizer,
+    seg_ids: Vec<i64>,
+}
+
+/// What to run on an image.
+#[derive(Debug, Clone)]
+pub struct SegmentRequest {
+    /// The user's question; the llava_v1 conversation is built around it.
+    pub question: String,
+    /// A forced assistant answer (teacher forcing, refCOCO-style evaluation): generation is
+    /// skipped and the masks come from the answer's `[SEGk]` tokens.
+    pub answer: Option<String>,
+    /// Generation budget (ignored with `answer`).
+    pub max_new_tokens: usize,
+}
+
+impl SegmentRequest {
+    /// A question with the default budget and no forced answer.
+    pub fn new(question: impl Into<String>) -> Self {
+        Self {
+            question: question.into(),
+            answer: None,
+            max_new_tokens: DEFAULT_MAX_NEW_TOKENS,
+        }
+    }
+}
+
+/// One segmented target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// Order of the target's codebook group in the answer.
+    pub index: usize,
+    /// Mean foreground probability (spec §10.6).
+    pub score: f32,
+    /// Foreground pixels.
+    pub area: usize,
+    /// `[x0, y0, x1, y1]`, end exclusive; `None` for an empty mask.
+    pub bbox: Option<[usize; 4]>,
+}
+
+/// The result of [`PixelLm::segment`].
+#[derive(Debug, Clone)]
+pub struct Segmentation {
+    /// Generated (or forced) answer text.
+    pub text: String,
+    /// Generated ids without the prompt (EOS included when emitted), or the forced
+    /// answer's ids.
+    pub token_ids: Vec<i64>,
+    /// One entry per target, in answer order.
+    pub targets: Vec<Target>,
+    /// `(H0, W0)`: the size of the input image and of every mask.
+    pub size: (usize, usize),
+    /// Final mask logits `[N, H0, W0]` row-major; mask = logit > 0.
+    pub masks: Vec<f32>,
+    /// Fused low-resolution logits `[N, 128, 128]`.
+    pub low_res_masks: Vec<f32>,
+    /// Milliseconds per stage, in pipeline order.
+    pub timings_ms: Vec<(String, f64)>,
+    /// Things the user should know (e.g. codebook tokens not a multiple of 6).
+    pub warnings: Vec<String>,
+}
+
+impl Segmentation {
+    /// Logits of target `i`, `H0 × W0` row-major.
+    pub fn mask(&self, i: usize) -> &[f32] {
+        let n = self.size.0 * self.size.1;
+        &self.masks[i * n..(i + 1) * n]
+    }
+}
+
+/// Accumulates per-stage wall-clock times. On asynchronous backends the device is
+/// synchronised at each stage boundary so the times belong to the stage that did the work.
+struct Stopwatch<'a> {
+    device: &'a Device,
+    start: Instant,
+    laps: Vec<(String, f64)>,
+}
+
+impl<'a> Stopwatch<'a> {
+    fn new(device: &'a Device) -> Self {
+        Self { device, start: Instant::now(), laps: Vec::new() }
+    }
+
+    fn lap(&mut self, name: &str) {
+        let _ = self.device.sync();
+        let now = Instant::now();
+        self.laps.push((name.to_string(), (now - self.start).as_secs_f64() * 1e3));
+        self.start = now;
+    }
+}
+
+impl PixelLm {
+    /// Loads a PixelLM Hugging Face directory and its CLIP vision tower onto `device`.
+    ///
+    /// `vision_tower`: the CLIP directory; when `None` it is resolved from the config's
+    /// `vision_tower` (next to the model directory, or in the Hugging Face cache).
+    pub fn load(
+        model_dir: &Path,
+        vision_tower: Option<&Path>,
+        device: &Device,
+        dtype: DType,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Self> {
+        let mut step = |name: &str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+            progress(Progress::Step(name.to_string()));
+            let t = Instant::now();
+            f()?;
+            progress(Progress::Done(name.to_string(), t.elapsed().as_secs_f64() * 1e3));
+            Ok(())
+        };
+        if !model_dir.is_dir() {
+            return Err(Error::config(model_dir.display().to_string(), "model directory not found"));
+        }
+        let config = PixelLmConfig::from_file(&model_dir.join("config.json"))?;
+        let clip_dir = resolve_vision_tower(vision_tower, config.vision_tower.as_deref(), model_dir)?;
+        let clip_config = ClipVisionConfig::from_file(&clip_dir.join("config.json"))?;
+        let mut tokenizer = None;
+        step("tokenizer", &mut || {
+            tokenizer = Some(Tokenizer::from_dir(model_dir)?);
+            Ok(())
+        })?;
+        let (mut weights, mut clip_weights) = (None, None);
+        step("open checkpoint files", &mut || {
+            weights = Some(WeightFiles::open_dir(model_dir)?);
+            clip_weights = Some(WeightFiles::open_dir(&clip_dir)?);
+            Ok(())
+        })?;
+        let mut model = None;
+        step("load weights", &mut || {
+            model = Some(PixelLmModel::load(
+                &config,
+                &clip_config,
+                weights.as_ref().expect("opened above"),
+                clip_weights.as_ref().expect("opened above"),
+                device,
+                dtype,
+            )?);
+            Ok(())
+        })?;
+        Self::new(model.expect("loaded above"), tokenizer.expect("loaded above"))
+    }
+
+    /// Pairs loaded weights with a tokenizer (e.g. both built from in-memory bytes).
+    pub fn new(model: PixelLmModel, tokenizer: Tokenizer) -> Result<Self> {
+        let seg_ids = tokenizer.seg_token_ids();
+        if seg_ids.len() != model.tokens_per_target() {
+            return Err(Error::config(
+                "added_tokens.json",
+                format!(
+                    "found {} codebook tokens [SEG0].., expected {}",
+                    seg_ids.len(),
+                    model.tokens_per_target()
+                ),
+            ));
+        }
+        let vocab = model.config().llm.vocab_size as i64;
+        if let Some(id) = seg_ids.iter().find(|&&i| i < 0 || i >= vocab) {
+            return Err(Error::config(
+                "added_tokens.json",
+                format!("codebook token id {id} is outside the model's vocabulary of {vocab}"),
+            ));
+        }
+        Ok(Self { model, tokenizer, seg_ids })
+    }
+
+    /// The network.
+    pub fn model(&self) -> &PixelLmModel {
+        &self.model
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Preprocesses a decoded image for the vision tower.
+    pub fn preprocess(&self, image: &RgbImage) -> Result<ClipInput> {
+        let c = self.model.config();
+        img::preprocess(image, c.image_size, self.model.clip_config().patch_size)
+    }
+
+    /// Runs the whole pipeline. Answer text is passed to `on_text` piece by piece as it is
+    /// generated (or at once for a forced answer).
+    pub fn segment(
+        &self,
+        image: &RgbImage,
+        request: &SegmentRequest,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Segmentation> {
+        let device = self.model.device().clone();
+        let mut clock = Stopwatch::new(&device);
+        let input = self.preprocess(image)?;
+        let pixels = self.model.pixels(input.pixel_values.clone());
+        clock.lap("preprocess");
+
+        let features = self.model.encode_image(pixels, &input.patch_valid);
+        clock.lap("vision+projectors+neck");
+
+        let prompt = llava_v1_prompt(&request.question, None);
+        let prompt_ids = self.tokenizer.encode_with_image(&prompt);
+        let (text, token_ids, seg_hidden) = match &request.answer {
+            None => self.generate(&prompt_ids, &features, &input, request.max_new_tokens, on_text, &mut clock)?,
+            Some(answer) => {
+                let full = self.tokenizer.encode_with_image(&llava_v1_prompt(&request.question, Some(answer)));
+                let common = prompt_ids.iter().zip(&full).take_while(|(a, b)| a == b).count();
+                let hidden = self.teacher_forced(&full, &features, &input)?;
+                clock.lap("prefill");
+                on_text(answer);
+                (answer.clone(), full[common..].to_vec(), hidden)
+            }
+        };
+
+        let mut warnings = Vec::new();
+        let per = self.model.tokens_per_target();
+        let k = seg_hidden.as_ref().map_or(0, |h| h.dims()[0]);
+        let (h0, w0) = input.original;
+        let mut seg = Segmentation {
+            text,
+            token_ids,
+            targets: Vec::new(),
+            size: input.original,
+            masks: Vec::new(),
+            low_res_masks: Vec::new(),
+            timings_ms: Vec::new(),
+            warnings: Vec::new(),
+        };
+        match seg_hidden {
+            Some(hidden) if k % per == 0 => {
+                let out = self.model.decode_masks(hidden, &features.decoder_features);
+                clock.lap("pixel decoder");
+                let logits = self.model.postprocess(out.low_res.clone(), input.resized, input.original);
+                seg.masks = read_f32(logits)?;
+                seg.low_res_masks = read_f32(out.low_res)?;
+                for i in 0..k / per {
+                    let m = seg.mask(i);
+                    let stats = img::mask_stats(m, w0, h0);
+                    seg.targets.push(Target {
+                        index: i,
+                        score: img::mask_score(m),
+                        area: stats.area,
+                        bbox: stats.bbox,
+                    });
+                }
+                clock.lap("postprocess");
+            }
+            Some(_) => warnings.push(format!(
+                "the answer holds {k} codebook tokens, not a multiple of {per}: no masks (as the official code)"
+            )),
+            None => {}
+        }
+        seg.warnings = warnings;
+        seg.timings_ms = clock.laps;
+        Ok(seg)
+    }
+
+    /// Key-padding mask of the expanded LLM sequence: only padded image tokens are hidden.
+    fn llm_key_padding(&self, image_pos: usize, input: &ClipInput) -> Vec<bool> {
+        let mut mask = vec![false; image_pos];
+        mask.extend(input.llm_valid.iter().map(|v| !v));
+        mask
+    }
+
+    fn expanded_len(&self, ids: &[i64]) -> usize {
+        ids.len() - 1 + self.model.llm_grid().pow(2)
+    }
+
+    /// Greedy generation with a KV cache. Returns the text, the generated ids and the
+    /// hidden states that predicted each codebook token (`[K, H]`, `None` if `K = 0`).
+    fn generate(
+        &self,
+        ids: &[i64],
+        features: &ImageFeatures,
+        input: &ClipInput,
+        max_new_tokens: usize,
+        on_text: &mut dyn FnMut(&str),
+        clock: &mut Stopwatch,
+    ) -> Result<(String, Vec<i64>, Option<Tensor<2>>)> {
+        let llm = self.model.llm();
+        let device = self.model.device();
+        let context = llm.config().max_position_embeddings;
+        let e = self.expanded_len(ids);
+        if e >= context {
+            return Err(Error::Prompt(format!(
+                "the prompt takes {e} positions (with {} image tokens) but the model's context is {context}",
+                self.model.llm_grid().pow(2)
+            )));
+        }
+        let capacity = (e + max_new_tokens).min(context);
+        let p = image_position(ids)?;
+        let mut cache = KvCache::new(llm.config(), capacity, &self.llm_key_padding(p, input), device, self.model.dtype())?;
+        let (embeds, _) = self.model.splice_image(ids, &features.llm_tokens)?;
+        let hidden = llm.forward(embeds, &mut cache)?;
+        let h = llm.config().hidden_size;
+        let mut last = hidden.narrow(1, e - 1, 1).reshape([1, h]);
+        clock.lap("prefill");
+
+        let mut stream = StreamDecoder::new();
+        let (mut generated, mut seg_states, mut text) = (Vec::new(), Vec::new(), String::new());
+        while generated.len() < max_new_tokens {
+            let id = argmax(llm.logits(last.clone()))?;
+            generated.push(id);
+            if self.seg_ids.contains(&id) {
+                seg_states.push(last.clone());
+            }
+            let piece = stream.push(&self.tokenizer, id);
+            if !piece.is_empty() {
+                on_text(&piece);
+                text.push_str(&piece);
+            }
+            if id == self.tokenizer.eos_id() || cache.remaining() == 0 {
+                break;
+            }
+            let embeds = llm.embed(&[id], device);
+            last = llm.forward(embeds, &mut cache)?.reshape([1, h]);
+        }
+        let tail = stream.finish();
+        if !tail.is_empty() {
+            on_text(&tail);
+            text.push_str(&tail);
+        }
+        clock.lap("decode");
+        let seg = (!seg_states.is_empty()).then(|| Tensor::cat(seg_states, 0));
+        Ok((text, generated, seg))
+    }
+
+    /// One forward pass over prompt + forced answer; gathers the hidden state before each
+    /// codebook token (spec §8.2, §14.2).
+    fn teacher_forced(&self, ids: &[i64], features: &ImageFeatures, input: &ClipInput) -> Result<Option<Tensor<2>>> {
+        let hidden = self.forced_hidden_states(ids, features, input)?;
+        let p = image_position(ids)?;
+        let shift = self.model.llm_grid().pow(2) - 1;
+        let positions: Vec<i64> = (0..ids.len() - 1)
+            .filter(|&m| self.seg_ids.contains(&ids[m + 1]))
+            .map(|m| if m < p { m } else { m + shift } as i64)
+            .collect();
+        if positions.is_empty() {
+            return Ok(None);
+        }
+        let n = positions.len();
+        let index = Tensor::<1, Int>::from_data(TensorData::new(positions, [n]), self.model.device());
+        let [_, e, h] = hidden.dims();
+        Ok(Some(hidden.reshape([e, h]).select(0, index)))
+    }
+
+    /// Final-norm hidden states `[1, E, H]` of a full multimodal sequence (no generation).
+    pub fn forced_hidden_states(&self, ids: &[i64], features: &ImageFeatures, input: &ClipInput) -> Result<Tensor<3>> {
+        let llm = self.model.llm();
+        let e = self.expanded_len(ids);
+        let context = llm.config().max_position_embeddings;
+        if e > context {
+            return Err(Error::Prompt(format!(
+                "prompt and answer take {e} positions but the model's context is {context}"
+            )));
+        }
+        let p = image_position(ids)?;
+        let mut cache = KvCache::new(llm.config(), e, &self.llm_key_padding(p, input), self.model.device(), self.model.dtype())?;
+        let (embeds, _) = self.model.splice_image(ids, &features.llm_tokens)?;
+        llm.forward(embeds, &mut cache)
+    }
+}
+
+/// Index of the largest logit (first on ties, like `torch.argmax`); the one host read per
+/// generated token.
+fn argmax(logits: Tensor<2>) -> Result<i64> {
+    let data = logits.argmax(1).into_data();
+    let ids = data
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .map_err(|e| Error::Backend(format!("reading the next token id: {e:?}")))?;
+    ids.first().copied().ok_or_else(|| Error::Backend("empty argmax".into()))
+}
+
+/// Reads a float tensor back to the host as f32.
+pub fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))
+}

@@ -1,0 +1,141 @@
+//! safetensors files: an 8-byte little-endian header length, a JSON header, then the data.
+//!
+//! The `safetensors` crate parses and validates the header (offsets contiguous and
+//! matching shape x dtype, data exactly covering the file); this module checks the header
+//! length first so that absurd lengths get a message naming the numbers involved, and turns
+//! the crate's errors into [`Error::Format`] naming the file.
+
+use std::sync::Arc;
+
+use ::safetensors::{Dtype, SafeTensorError, SafeTensors};
+
+use super::layout::{contiguous_strides, StoredDType};
+use super::{Entry, Source, TensorInfo};
+use crate::error::{Error, Result};
+
+/// Bytes taken by the header-length field.
+const LEN_FIELD: usize = 8;
+
+/// Locates every tensor of a safetensors buffer.
+pub(crate) fn parse(source: &Arc<Source>) -> Result<Vec<(String, Entry)>> {
+    let label = source.label.as_str();
+    let bytes = source.bytes.as_slice();
+    let header_len = check_header_len(bytes).map_err(|msg| Error::format(label, msg))?;
+    let (_, metadata) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::format(label, describe(&e, bytes, header_len)))?;
+    let data_start = LEN_FIELD + header_len;
+
+    let tensors = metadata.tensors();
+    let mut out = Vec::with_capacity(tensors.len());
+    for (name, info) in tensors {
+        let (start, end) = info.data_offsets;
+        // The crate guarantees start <= end <= data length; re-checked by layout::validate.
+        let region_len = end.checked_sub(start).ok_or_else(|| {
+            Error::format(
+                label,
+                format!("tensor `{name}` has data_offsets end before start"),
+            )
+        })?;
+        let region_start = data_start.checked_add(start).ok_or_else(|| {
+            Error::format(
+                label,
+                format!("tensor `{name}` has an overflowing data offset"),
+            )
+        })?;
+        let shape = info.shape.clone();
+        let entry = Entry {
+            info: TensorInfo {
+                dtype: map_dtype(info.dtype),
+                shape: shape.clone(),
+            },
+            source: Arc::clone(source),
+            region_start,
+            region_len,
+            elem_offset: 0,
+            strides: contiguous_strides(&shape),
+        };
+        out.push((name, entry));
+    }
+    Ok(out)
+}
+
+/// Returns the JSON header length after checking it against the buffer size.
+fn check_header_len(bytes: &[u8]) -> std::result::Result<usize, String> {
+    let Some(field) = bytes.get(..LEN_FIELD) else {
+        return Err(format!(
+            "file is {} bytes, too short for the 8-byte safetensors header length",
+            bytes.len()
+        ));
+    };
+    let mut raw = [0u8; LEN_FIELD];
+    raw.copy_from_slice(field);
+    let claimed = u64::from_le_bytes(raw);
+    let available = (bytes.len() - LEN_FIELD) as u64;
+    if claimed > available {
+        return Err(format!(
+            "header length {claimed} exceeds the file size ({} bytes): truncated or not a safetensors file",
+            bytes.len()
+        ));
+    }
+    // claimed <= available <= usize::MAX, so this cannot truncate.
+    Ok(claimed as usize)
+}
+
+/// A message for a crate error, with the numbers the crate leaves out where they help.
+fn describe(err: &SafeTensorError, bytes: &[u8], header_len: usize) -> String {
+    match err {
+        SafeTensorError::MetadataIncompleteBuffer => {
+            let data_len = bytes.len().saturating_sub(LEN_FIELD + header_len);
+            match max_data_end(bytes, header_len) {
+                Some(end) if end > data_len => format!(
+                    "tensor data extends to byte {end} of the data section but the file holds only {data_len} \
+                     bytes after the header (truncated file or offsets beyond the data)"
+                ),
+                Some(end) => format!(
+                    "tensor data ends at byte {end} of the data section but the file holds {data_len} \
+                     bytes after the header (unexpected trailing bytes)"
+                ),
+                None => format!("invalid safetensors file: {err}"),
+            }
+        }
+        _ => format!("invalid safetensors header: {err}"),
+    }
+}
+
+/// Largest `data_offsets` end in the header, read leniently; only used for messages.
+fn max_data_end(bytes: &[u8], header_len: usize) -> Option<usize> {
+    let header = bytes.get(LEN_FIELD..LEN_FIELD.checked_add(header_len)?)?;
+    let json: serde_json::Value = serde_json::from_slice(header).ok()?;
+    json.as_object()?
+        .iter()
+        .filter(|(k, _)| k.as_str() != "__metadata__")
+        .filter_map(|(_, v)| v.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .and_then(|e| usize::try_from(e).ok())
+}
+
+fn map_dtype(dtype: Dtype) -> StoredDType {
+    match dtype {
+        Dtype::F32 => StoredDType::F32,
+        Dtype::F16 => StoredDType::F16,
+        Dtype::BF16 => StoredDType::BF16,
+        Dtype::F64 => StoredDType::F64,
+        Dtype::I64 => StoredDType::I64,
+        Dtype::I32 => StoredDType::I32,
+        Dtype::I16 => StoredDType::I16,
+        Dtype::I8 => StoredDType::I8,
+        Dtype::U8 => StoredDType::U8,
+        Dtype::U16 => StoredDType::U16,
+        Dtype::U32 => StoredDType::U32,
+        Dtype::U64 => StoredDType::U64,
+        Dtype::BOOL => StoredDType::Bool,
+        Dtype::F8_E4M3 => StoredDType::Other("F8_E4M3"),
+        Dtype::F8_E5M2 => StoredDType::Other("F8_E5M2"),
+        Dtype::F8_E8M0 => StoredDType::Other("F8_E8M0"),
+        Dtype::F4 => StoredDType::Other("F4"),
+        Dtype::F6_E2M3 => StoredDType::Other("F6_E2M3"),
+        Dtype::F6_E3M2 => StoredDType::Other("F6_E3M2"),
+        // The enum is non-exhaustive and grows between crate versions (C64, FNUZ fp8, ...).
+        _ => StoredDType::Other("an unsupported safetensors dtype"),
+    }
+}

@@ -1,0 +1,86 @@
+//! The `pixellm` binary end to end on a conformance-kit case.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn pixellm() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pixellm"))
+}
+
+#[test]
+fn segment_writes_result_masks_overlay_and_logits() {
+    let case = Case::load(CASES[1]);
+    let out = std::env::temp_dir().join(format!("pixellm-cli-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let answer = case.json["teacher_forced"]["answer"].as_str().unwrap();
+    let run = pixellm()
+        .args(["segment", "--model"])
+        .arg(kit().join("checkpoint-bin"))
+        .arg("--image")
+        .arg(case.dir.join("image.png"))
+        .args(["--prompt", case.json["question"].as_str().unwrap(), "--answer", answer, "--save-logits", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "pixellm failed: {stderr}");
+    assert!(String::from_utf8_lossy(&run.stdout).contains(answer), "answer streamed to stdout");
+
+    let result: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["text"], answer);
+    assert_eq!(result["backend"], "cpu");
+    assert_eq!(result["dtype"], "f32");
+    let targets = result["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2);
+    let golden = case.g("tf.pred_masks");
+    let (h, w) = (golden.shape[1], golden.shape[2]);
+    for (i, t) in targets.iter().enumerate() {
+        let png = image_luma(&out.join(t["mask"].as_str().unwrap()));
+        assert_eq!((png.1, png.0), (h, w), "mask size");
+        let plane = &golden.values[i * h * w..(i + 1) * h * w];
+        let ours: Vec<f32> = png.2.iter().map(|&v| if v == 255 { 1.0 } else { -1.0 }).collect();
+        let iou = iou(&ours, plane);
+        assert!(iou >= 0.9999, "target {i}: mask IoU {iou}");
+        let area = plane.iter().filter(|&&v| v > 0.0).count() as u64;
+        assert!((t["area"].as_u64().unwrap() as i64 - area as i64).abs() <= 2, "area");
+    }
+    assert!(out.join("overlay.png").is_file());
+    let logits = goldens(&out.join("logits.safetensors"));
+    assert_close("cli masks logits", &logits["masks"].values, &logits["masks"].shape, golden, 1e-4);
+    assert_close("cli low_res", &logits["low_res_masks"].values, &[2, 128, 128], &reshape(case.g("tf.low_res_masks_fused"), vec![2, 128, 128]), 1e-4);
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn failure_exits_non_zero_with_one_line_and_writes_nothing() {
+    let case = Case::load(CASES[0]);
+    let out = std::env::temp_dir().join(format!("pixellm-cli-fail-{}", std::process::id()));
+    let run = pixellm()
+        .args(["segment", "--model"])
+        .arg(kit().join("checkpoint"))
+        .arg("--image")
+        .arg(case.dir.join("does-not-exist.png"))
+        .args(["--prompt", "x", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("does-not-exist.png"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!out.exists(), "no output directory on failure");
+}
+
+fn reshape(g: &Golden, shape: Vec<usize>) -> Golden {
+    Golden { shape, values: g.values.clone() }
+}
+
+/// (width, height, pixels) of an 8-bit grayscale PNG.
+fn image_luma(path: &std::path::Path) -> (usize, usize, Vec<u8>) {
+    let img = pixellm::image::decode_image(&std::fs::read(path).unwrap(), "mask").unwrap();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    (w, h, img.pixels().map(|p| p.0[0]).collect())
+}
