@@ -27,8 +27,14 @@ fn models() -> &'static [(Backend, PixelLm)] {
         backends()
             .iter()
             .map(|(b, device)| {
-                let m = PixelLm::load(&kit().join("checkpoint"), None, device, DType::F32, &mut |_| {})
-                    .unwrap_or_else(|e| panic!("{b}: loading the kit model: {e}"));
+                let m = PixelLm::load(
+                    &kit().join("checkpoint"),
+                    None,
+                    device,
+                    DType::F32,
+                    &mut |_| {},
+                )
+                .unwrap_or_else(|e| panic!("{b}: loading the kit model: {e}"));
                 (*b, m)
             })
             .collect()
@@ -68,9 +74,23 @@ fn preprocessing_matches_exactly() {
     each(|tag, m, c| {
         let input = clip_input(m, c);
         let golden = c.g("clip.pixel_values");
-        assert_close(&format!("{tag} pixel_values"), &input.pixel_values, &[1, 3, 448, 448], golden, 0.0);
-        let key: Vec<f32> = input.clip_key_mask().iter().map(|&v| v as u8 as f32).collect();
-        assert_eq!(key, c.g("clip.attention_mask").values, "{tag} clip attention mask");
+        assert_close(
+            &format!("{tag} pixel_values"),
+            &input.pixel_values,
+            &[1, 3, 448, 448],
+            golden,
+            0.0,
+        );
+        let key: Vec<f32> = input
+            .clip_key_mask()
+            .iter()
+            .map(|&v| v as u8 as f32)
+            .collect();
+        assert_eq!(
+            key,
+            c.g("clip.attention_mask").values,
+            "{tag} clip attention mask"
+        );
         assert_eq!(
             input.resized,
             (
@@ -87,12 +107,31 @@ fn common_goldens() {
     let common = goldens(&kit().join("common_golden.safetensors"));
     for (b, m) in models() {
         let model = m.model();
-        check(&format!("[{b}] position_embedding_resized"), model.vision().position_embedding(), &common["clip.position_embedding_resized"], TOL);
-        check(&format!("[{b}] dense_pe"), model.dense_pe(), &common["decoder.dense_pe"], TOL);
-        check(&format!("[{b}] dense_embeddings"), model.dense_embeddings(), &common["decoder.dense_embeddings"], TOL);
+        check(
+            &format!("[{b}] position_embedding_resized"),
+            model.vision().position_embedding(),
+            &common["clip.position_embedding_resized"],
+            TOL,
+        );
+        check(
+            &format!("[{b}] dense_pe"),
+            model.dense_pe(),
+            &common["decoder.dense_pe"],
+            TOL,
+        );
+        check(
+            &format!("[{b}] dense_embeddings"),
+            model.dense_embeddings(),
+            &common["decoder.dense_embeddings"],
+            TOL,
+        );
     }
     let seg = &common["fusion.multiseg_scalar"].values;
-    assert!(seg.iter().all(|&v| v == pixellm::model::codebook::MULTISEG_SCALAR), "multiseg_scalar {seg:?}");
+    assert!(
+        seg.iter()
+            .all(|&v| v == pixellm::model::codebook::MULTISEG_SCALAR),
+        "multiseg_scalar {seg:?}"
+    );
     assert_eq!(common["fusion.multiscale_scalar"].values, vec![0.5, 0.5]);
 }
 
@@ -101,14 +140,49 @@ fn vision_tower_projectors_and_neck() {
     each(|tag, m, c| {
         let input = clip_input(m, c);
         let f = features(m, c, &input);
-        check(&format!("{tag} clip embeddings"), f.vision.embeddings.clone(), c.g("clip.hidden_states.embeddings"), TOL);
-        check(&format!("{tag} clip select_m2"), f.vision.deep.clone(), c.g("clip.hidden_states.select_m2"), TOL);
-        check(&format!("{tag} clip pre_m11"), f.vision.shallow.clone(), c.g("clip.hidden_states.pre_m11"), TOL);
-        check(&format!("{tag} llm_in_16x16"), f.llm_in.clone(), c.g("proj.llm_in_16x16"), TOL);
-        check(&format!("{tag} llm_image_tokens"), f.llm_tokens.clone(), c.g("proj.llm_image_tokens"), TOL);
+        check(
+            &format!("{tag} clip embeddings"),
+            f.vision.embeddings.clone(),
+            c.g("clip.hidden_states.embeddings"),
+            TOL,
+        );
+        check(
+            &format!("{tag} clip select_m2"),
+            f.vision.deep.clone(),
+            c.g("clip.hidden_states.select_m2"),
+            TOL,
+        );
+        check(
+            &format!("{tag} clip pre_m11"),
+            f.vision.shallow.clone(),
+            c.g("clip.hidden_states.pre_m11"),
+            TOL,
+        );
+        check(
+            &format!("{tag} llm_in_16x16"),
+            f.llm_in.clone(),
+            c.g("proj.llm_in_16x16"),
+            TOL,
+        );
+        check(
+            &format!("{tag} llm_image_tokens"),
+            f.llm_tokens.clone(),
+            c.g("proj.llm_image_tokens"),
+            TOL,
+        );
         let [s, p, h] = f.mask_features.dims();
-        check(&format!("{tag} mask_features"), f.mask_features.clone().reshape([s, 1, p, h]), c.g("proj.mask_features"), TOL);
-        check(&format!("{tag} neck_out"), f.decoder_features.clone(), c.g("tf.neck_out"), TOL);
+        check(
+            &format!("{tag} mask_features"),
+            f.mask_features.clone().reshape([s, 1, p, h]),
+            c.g("proj.mask_features"),
+            TOL,
+        );
+        check(
+            &format!("{tag} neck_out"),
+            f.decoder_features.clone(),
+            c.g("tf.neck_out"),
+            TOL,
+        );
     });
 }
 
@@ -120,20 +194,44 @@ fn language_model_prompt_pass() {
         let f = features(m, c, &input);
         let ids = c.ids("/input_ids");
         let (embeds, _) = m.model().splice_image(&ids, &f.llm_tokens).unwrap();
-        check(&format!("{tag} prompt inputs_embeds"), embeds, c.g("llm.prompt.inputs_embeds"), TOL);
+        check(
+            &format!("{tag} prompt inputs_embeds"),
+            embeds,
+            c.g("llm.prompt.inputs_embeds"),
+            TOL,
+        );
         let hidden = m.forced_hidden_states(&ids, &f, &input).unwrap();
-        check(&format!("{tag} prompt last_hidden_state"), hidden.clone(), c.g("llm.prompt.last_hidden_state"), TOL);
+        check(
+            &format!("{tag} prompt last_hidden_state"),
+            hidden.clone(),
+            c.g("llm.prompt.last_hidden_state"),
+            TOL,
+        );
         let logits = m.model().llm().logits(hidden);
-        check(&format!("{tag} prompt logits"), logits.clone(), c.g("llm.prompt.logits"), TOL);
+        check(
+            &format!("{tag} prompt logits"),
+            logits.clone(),
+            c.g("llm.prompt.logits"),
+            TOL,
+        );
         let [_, e, v] = logits.dims();
-        check(&format!("{tag} prompt logits_last"), logits.narrow(1, e - 1, 1).reshape([1, v]), c.g("llm.prompt.logits_last"), TOL);
+        check(
+            &format!("{tag} prompt logits_last"),
+            logits.narrow(1, e - 1, 1).reshape([1, v]),
+            c.g("llm.prompt.logits_last"),
+            TOL,
+        );
         // Attention mask: ones for text, the 16×16 validity grid for the image tokens.
         let p = c.json["image_token_position"].as_u64().unwrap() as usize;
         let mut mask = vec![1f32; ids.len() - 1 + 256];
         for (i, v) in input.llm_valid.iter().enumerate() {
             mask[p + i] = *v as u8 as f32;
         }
-        assert_eq!(mask, c.g("llm.prompt.attention_mask").values, "{tag} LLM attention mask");
+        assert_eq!(
+            mask,
+            c.g("llm.prompt.attention_mask").values,
+            "{tag} LLM attention mask"
+        );
     });
 }
 
@@ -152,27 +250,53 @@ fn greedy_generation_with_kv_cache() {
         let p = c.json["image_token_position"].as_u64().unwrap() as usize;
         let mut padding = vec![false; p];
         padding.extend(input.llm_valid.iter().map(|v| !v));
-        let mut cache = KvCache::new(llm.config(), e + expected.len(), &padding, device, DType::F32).unwrap();
+        let mut cache = KvCache::new(
+            llm.config(),
+            e + expected.len(),
+            &padding,
+            device,
+            DType::F32,
+        )
+        .unwrap();
         let (embeds, _) = m.model().splice_image(&ids, &f.llm_tokens).unwrap();
         let h = llm.config().hidden_size;
-        let mut last = llm.forward(embeds, &mut cache).unwrap().narrow(1, e - 1, 1).reshape([1, h]);
+        let mut last = llm
+            .forward(embeds, &mut cache)
+            .unwrap()
+            .narrow(1, e - 1, 1)
+            .reshape([1, h]);
         let (mut got, mut step_logits) = (Vec::new(), Vec::new());
         for _ in 0..expected.len() {
             let logits = read_f32(llm.logits(last.clone())).unwrap();
             let id = logits
                 .iter()
                 .enumerate()
-                .fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+                .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+                    if v > best.1 {
+                        (i, v)
+                    } else {
+                        best
+                    }
+                })
                 .0 as i64;
             step_logits.extend(logits);
             got.push(id);
             let x = Tensor::<1, Int>::from_data(TensorData::new(vec![id], [1]), device);
             let _ = x;
-            last = llm.forward(llm.embed(&[id], device), &mut cache).unwrap().reshape([1, h]);
+            last = llm
+                .forward(llm.embed(&[id], device), &mut cache)
+                .unwrap()
+                .reshape([1, h]);
         }
         assert_eq!(got, expected, "{tag} greedy ids");
         let v = llm.config().vocab_size;
-        assert_close(&format!("{tag} gen.step_logits"), &step_logits, &[expected.len(), v], c.g("gen.step_logits"), TOL);
+        assert_close(
+            &format!("{tag} gen.step_logits"),
+            &step_logits,
+            &[expected.len(), v],
+            c.g("gen.step_logits"),
+            TOL,
+        );
     });
 }
 
@@ -184,33 +308,92 @@ fn teacher_forced_masks() {
         let f = features(m, c, &input);
         let ids = c.ids("/teacher_forced/input_ids");
         let (embeds, _) = m.model().splice_image(&ids, &f.llm_tokens).unwrap();
-        check(&format!("{tag} tf.inputs_embeds"), embeds, c.g("tf.inputs_embeds"), TOL);
+        check(
+            &format!("{tag} tf.inputs_embeds"),
+            embeds,
+            c.g("tf.inputs_embeds"),
+            TOL,
+        );
         let hidden = m.forced_hidden_states(&ids, &f, &input).unwrap();
         let positions = c.ids("/teacher_forced/seg_hidden_positions_expanded");
         let [_, e, h] = hidden.dims();
-        let index = Tensor::<1, Int>::from_data(TensorData::new(positions.clone(), [positions.len()]), m.model().device());
+        let index = Tensor::<1, Int>::from_data(
+            TensorData::new(positions.clone(), [positions.len()]),
+            m.model().device(),
+        );
         let seg_hidden = hidden.reshape([e, h]).select(0, index);
-        check(&format!("{tag} tf.last_hidden_at_seg"), seg_hidden.clone(), c.g("tf.last_hidden_at_seg"), TOL);
+        check(
+            &format!("{tag} tf.last_hidden_at_seg"),
+            seg_hidden.clone(),
+            c.g("tf.last_hidden_at_seg"),
+            TOL,
+        );
 
         let out = m.model().decode_masks(seg_hidden, &f.decoder_features);
-        check(&format!("{tag} tf.text_hidden_fcs_at_seg"), out.projected.clone(), c.g("tf.text_hidden_fcs_at_seg"), TOL);
-        check(&format!("{tag} tf.pred_embeddings"), out.prompt_embeddings.clone(), c.g("tf.pred_embeddings"), TOL);
-        check(&format!("{tag} tf.sparse_embeddings"), out.prompt_embeddings.clone(), c.g("tf.sparse_embeddings"), TOL);
+        check(
+            &format!("{tag} tf.text_hidden_fcs_at_seg"),
+            out.projected.clone(),
+            c.g("tf.text_hidden_fcs_at_seg"),
+            TOL,
+        );
+        check(
+            &format!("{tag} tf.pred_embeddings"),
+            out.prompt_embeddings.clone(),
+            c.g("tf.pred_embeddings"),
+            TOL,
+        );
+        check(
+            &format!("{tag} tf.sparse_embeddings"),
+            out.prompt_embeddings.clone(),
+            c.g("tf.sparse_embeddings"),
+            TOL,
+        );
         for (l, level) in [(0, &out.level0), (1, &out.level1)] {
-            check(&format!("{tag} level{l} tokens"), level.tokens.clone(), c.g(&format!("tf.decoder.level{l}.transformer_tokens")), TOL);
-            check(&format!("{tag} level{l} iou_pred"), level.iou_pred.clone(), c.g(&format!("tf.decoder.level{l}.iou_pred")), TOL);
-            check(&format!("{tag} level{l} masks"), level.masks.clone(), c.g(&format!("tf.decoder.level{l}.masks")), TOL);
+            check(
+                &format!("{tag} level{l} tokens"),
+                level.tokens.clone(),
+                c.g(&format!("tf.decoder.level{l}.transformer_tokens")),
+                TOL,
+            );
+            check(
+                &format!("{tag} level{l} iou_pred"),
+                level.iou_pred.clone(),
+                c.g(&format!("tf.decoder.level{l}.iou_pred")),
+                TOL,
+            );
+            check(
+                &format!("{tag} level{l} masks"),
+                level.masks.clone(),
+                c.g(&format!("tf.decoder.level{l}.masks")),
+                TOL,
+            );
         }
-        check(&format!("{tag} tf.low_res_masks_fused"), out.low_res.clone(), c.g("tf.low_res_masks_fused"), TOL);
+        check(
+            &format!("{tag} tf.low_res_masks_fused"),
+            out.low_res.clone(),
+            c.g("tf.low_res_masks_fused"),
+            TOL,
+        );
 
-        let logits = m.model().postprocess(out.low_res, input.resized, input.original);
+        let logits = m
+            .model()
+            .postprocess(out.low_res, input.resized, input.original);
         let [n, _, h0, w0] = logits.dims();
         let (values, _) = host(logits);
-        assert_close(&format!("{tag} tf.pred_masks"), &values, &[n, h0, w0], c.g("tf.pred_masks"), TOL);
+        assert_close(
+            &format!("{tag} tf.pred_masks"),
+            &values,
+            &[n, h0, w0],
+            c.g("tf.pred_masks"),
+            TOL,
+        );
         let golden = &c.g("tf.pred_masks").values;
         let plane = h0 * w0;
         for t in 0..n {
-            let iou = iou(&values[t * plane..(t + 1) * plane], &golden[t * plane..(t + 1) * plane]);
+            let iou = iou(
+                &values[t * plane..(t + 1) * plane],
+                &golden[t * plane..(t + 1) * plane],
+            );
             assert!(iou >= 0.9999, "{tag} target {t}: binary mask IoU {iou}");
         }
     });
@@ -228,17 +411,38 @@ fn segment_with_forced_answer() {
             max_new_tokens: 8,
         };
         let mut streamed = String::new();
-        let seg = m.segment(&img, &request, &mut |s| streamed.push_str(s)).unwrap();
+        let seg = m
+            .segment(&img, &request, &mut |s| streamed.push_str(s))
+            .unwrap();
         assert_eq!(streamed, answer, "{tag} streamed text");
         let n = c.json["teacher_forced"]["num_targets"].as_u64().unwrap() as usize;
         assert_eq!(seg.targets.len(), n, "{tag} targets");
         let (h0, w0) = seg.size;
-        assert_close(&format!("{tag} segment masks"), &seg.masks, &[n, h0, w0], c.g("tf.pred_masks"), TOL);
+        assert_close(
+            &format!("{tag} segment masks"),
+            &seg.masks,
+            &[n, h0, w0],
+            c.g("tf.pred_masks"),
+            TOL,
+        );
         let scores: Vec<f32> = seg.targets.iter().map(|t| t.score).collect();
-        assert_close(&format!("{tag} mask scores"), &scores, &[n], c.g("tf.mask_scores"), TOL);
+        assert_close(
+            &format!("{tag} mask scores"),
+            &scores,
+            &[n],
+            c.g("tf.mask_scores"),
+            TOL,
+        );
         let full = c.ids("/teacher_forced/input_ids");
-        assert!(full.ends_with(&seg.token_ids), "{tag} answer ids are the tail of the teacher-forced ids");
-        assert_eq!(*seg.token_ids.last().unwrap(), 2, "{tag} answer ends with </s>");
+        assert!(
+            full.ends_with(&seg.token_ids),
+            "{tag} answer ids are the tail of the teacher-forced ids"
+        );
+        assert_eq!(
+            *seg.token_ids.last().unwrap(),
+            2,
+            "{tag} answer ends with </s>"
+        );
     });
 }
 
@@ -253,9 +457,18 @@ fn segment_generates_official_ids() {
             max_new_tokens: 8,
         };
         let mut streamed = String::new();
-        let seg = m.segment(&img, &request, &mut |s| streamed.push_str(s)).unwrap();
-        assert_eq!(seg.token_ids, c.ids("/generation/new_token_ids"), "{tag} generated ids");
+        let seg = m
+            .segment(&img, &request, &mut |s| streamed.push_str(s))
+            .unwrap();
+        assert_eq!(
+            seg.token_ids,
+            c.ids("/generation/new_token_ids"),
+            "{tag} generated ids"
+        );
         assert_eq!(streamed, seg.text, "{tag} streamed = final text");
-        assert!(seg.targets.is_empty(), "{tag}: random weights emit no codebook tokens");
+        assert!(
+            seg.targets.is_empty(),
+            "{tag}: random weights emit no codebook tokens"
+        );
     });
 }

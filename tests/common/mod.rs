@@ -13,7 +13,12 @@ use serde_json::Value;
 
 /// The conformance kit copied into the repository.
 pub fn kit() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/conformance")
+    // Shared by packages at different depths: walk up to the workspace's tests/fixtures.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|d| d.join("tests/fixtures/conformance"))
+        .find(|d| d.is_dir())
+        .expect("tests/fixtures/conformance above the package")
 }
 
 /// The kit's case names.
@@ -35,14 +40,23 @@ pub fn goldens(path: &Path) -> HashMap<String, Golden> {
         .map(|(name, view)| {
             let data = view.data();
             let values: Vec<f32> = match view.dtype() {
-                Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+                Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
                 Dtype::I64 => data
                     .chunks_exact(8)
                     .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
                     .collect(),
                 other => panic!("unexpected golden dtype {other:?}"),
             };
-            (name, Golden { shape: view.shape().to_vec(), values })
+            (
+                name,
+                Golden {
+                    shape: view.shape().to_vec(),
+                    values,
+                },
+            )
         })
         .collect()
 }
@@ -58,13 +72,21 @@ pub struct Case {
 impl Case {
     pub fn load(name: &'static str) -> Self {
         let dir = kit().join("cases").join(name);
-        let json: Value = serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
+        let json: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
         let golden = goldens(&dir.join("golden.safetensors"));
-        Self { name, dir, json, golden }
+        Self {
+            name,
+            dir,
+            json,
+            golden,
+        }
     }
 
     pub fn g(&self, name: &str) -> &Golden {
-        self.golden.get(name).unwrap_or_else(|| panic!("{}: no golden `{name}`", self.name))
+        self.golden
+            .get(name)
+            .unwrap_or_else(|| panic!("{}: no golden `{name}`", self.name))
     }
 
     pub fn ids(&self, pointer: &str) -> Vec<i64> {
@@ -94,7 +116,10 @@ pub fn assert_close(what: &str, ours: &[f32], our_shape: &[usize], golden: &Gold
     assert_eq!(our_shape, golden.shape.as_slice(), "{what}: shape");
     let err = rel_err(ours, &golden.values);
     assert!(err <= tol, "{what}: relative error {err:.3e} > {tol:.0e}");
-    assert!(ours.iter().all(|v| v.is_finite()), "{what}: non-finite values");
+    assert!(
+        ours.iter().all(|v| v.is_finite()),
+        "{what}: non-finite values"
+    );
 }
 
 /// Reads a tensor back with its shape.
@@ -137,18 +162,27 @@ pub fn backends() -> &'static [(Backend, Device)] {
             .map(str::to_string)
             .collect();
         let wanted: Vec<String> = match std::env::var("PIXELLM_TEST_BACKENDS") {
-            Ok(v) => v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+            Ok(v) => v
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
             Err(_) => vec!["cpu".into(), "wgpu".into()],
         };
         let mut out = Vec::new();
         for name in wanted.iter().chain(required.iter()) {
-            if out.iter().any(|(b, _): &(Backend, Device)| b.name() == name) {
+            if out
+                .iter()
+                .any(|(b, _): &(Backend, Device)| b.name() == name)
+            {
                 continue;
             }
             let backend: Backend = name.parse().expect("backend name");
             match backend.device() {
                 Ok(d) => out.push((backend, d)),
-                Err(e) if required.contains(name) => panic!("required backend {name} unavailable: {e}"),
+                Err(e) if required.contains(name) => {
+                    panic!("required backend {name} unavailable: {e}")
+                }
                 Err(e) => eprintln!("skipping backend {name}: {e}"),
             }
         }

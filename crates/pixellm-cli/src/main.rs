@@ -12,7 +12,11 @@ use pixellm::pipeline::DEFAULT_MAX_NEW_TOKENS;
 use pixellm::{PixelLm, Progress, SegmentRequest};
 
 #[derive(Parser)]
-#[command(name = "pixellm", version, about = "PixelLM: answer a question about an image with text and one mask per target")]
+#[command(
+    name = "pixellm",
+    version,
+    about = "PixelLM: answer a question about an image with text and one mask per target"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -81,12 +85,16 @@ fn segment(args: SegmentArgs) -> pixellm::Result<()> {
     let precision: Precision = args.dtype.parse()?;
     let device = backend.device()?;
     let image = pixellm::image::load_image(&args.image)?;
-    let model = PixelLm::load(&args.model, args.vision_tower.as_deref(), &device, precision.dtype(), &mut |p| {
-        match p {
+    let model = PixelLm::load(
+        &args.model,
+        args.vision_tower.as_deref(),
+        &device,
+        precision.dtype(),
+        &mut |p| match p {
             Progress::Step(s) => eprint!("{s}… "),
             Progress::Done(_, ms) => eprintln!("{ms:.0} ms"),
-        }
-    })?;
+        },
+    )?;
     let request = SegmentRequest {
         question: args.prompt.clone(),
         answer: args.answer.clone(),
@@ -101,7 +109,14 @@ fn segment(args: SegmentArgs) -> pixellm::Result<()> {
     for w in &seg.warnings {
         eprintln!("warning: {w}");
     }
-    output::write(&args.out, &image, &seg, backend, precision, args.save_logits)?;
+    output::write(
+        &args.out,
+        &image,
+        &seg,
+        backend,
+        precision,
+        args.save_logits,
+    )?;
     eprintln!(
         "{} target(s); wrote {}",
         seg.targets.len(),

@@ -18,18 +18,32 @@ pub fn write(
     precision: Precision,
     save_logits: bool,
 ) -> Result<()> {
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "pixellm-out".into());
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pixellm-out".into());
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = fill(&tmp, image, seg, backend, precision, save_logits).and_then(|()| replace(&tmp, out));
+    let result =
+        fill(&tmp, image, seg, backend, precision, save_logits).and_then(|()| replace(&tmp, out));
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result
 }
 
-fn fill(dir: &Path, image: &RgbImage, seg: &Segmentation, backend: Backend, precision: Precision, save_logits: bool) -> Result<()> {
+fn fill(
+    dir: &Path,
+    image: &RgbImage,
+    seg: &Segmentation,
+    backend: Backend,
+    precision: Precision,
+    save_logits: bool,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let put = |name: &str, bytes: &[u8]| {
         let path = dir.join(name);
@@ -50,8 +64,11 @@ fn fill(dir: &Path, image: &RgbImage, seg: &Segmentation, backend: Backend, prec
     }
     let masks: Vec<&[f32]> = (0..seg.targets.len()).map(|i| seg.mask(i)).collect();
     put("overlay.png", &overlay_png(image, &masks))?;
-    let timings: serde_json::Map<String, serde_json::Value> =
-        seg.timings_ms.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let timings: serde_json::Map<String, serde_json::Value> = seg
+        .timings_ms
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
     let result = json!({
         "text": seg.text,
         "token_ids": seg.token_ids,
@@ -78,15 +95,26 @@ fn logits_safetensors(seg: &Segmentation) -> Result<Vec<u8>> {
     let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let masks = bytes(&seg.masks);
     let low = bytes(&seg.low_res_masks);
-    let side = if n == 0 { 0 } else { ((seg.low_res_masks.len() / n) as f64).sqrt() as usize };
+    let side = if n == 0 {
+        0
+    } else {
+        ((seg.low_res_masks.len() / n) as f64).sqrt() as usize
+    };
     let views: HashMap<String, TensorView> = [
-        ("masks".to_string(), TensorView::new(Dtype::F32, vec![n, h, w], &masks)),
-        ("low_res_masks".to_string(), TensorView::new(Dtype::F32, vec![n, side, side], &low)),
+        (
+            "masks".to_string(),
+            TensorView::new(Dtype::F32, vec![n, h, w], &masks),
+        ),
+        (
+            "low_res_masks".to_string(),
+            TensorView::new(Dtype::F32, vec![n, side, side], &low),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k, v.expect("shapes match the buffers")))
     .collect();
-    safetensors::serialize(&views, None).map_err(|e| Error::format("logits.safetensors", e.to_string()))
+    safetensors::serialize(&views, None)
+        .map_err(|e| Error::format("logits.safetensors", e.to_string()))
 }
 
 /// Moves `tmp` to `out`, replacing a previous output directory only after the new one is

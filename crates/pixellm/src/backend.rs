@@ -28,7 +28,13 @@ pub enum Backend {
 
 impl Backend {
     /// Every backend name the CLI accepts.
-    pub const ALL: [Backend; 5] = [Backend::Cpu, Backend::Wgpu, Backend::Vulkan, Backend::Metal, Backend::Cuda];
+    pub const ALL: [Backend; 5] = [
+        Backend::Cpu,
+        Backend::Wgpu,
+        Backend::Vulkan,
+        Backend::Metal,
+        Backend::Cuda,
+    ];
 
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
@@ -86,39 +92,46 @@ impl Backend {
 
 #[cfg(feature = "wgpu")]
 fn wgpu_device(backend: Backend) -> Result<Device> {
-    use burn::tensor::DeviceKind;
-    // wgpu panics deep inside when no adapter exists; probe first so the user gets a sentence.
-    if !wgpu_adapter_exists(backend) {
-        return Err(Error::Backend(format!(
-            "`{}` is compiled in but no GPU adapter was found (on Linux without a GPU, install Mesa's software Vulkan driver: apt-get install mesa-vulkan-drivers); available: {}",
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+
+    use burn::tensor::wgpu::WgpuBackend;
+    // A wgpu runtime can be initialised once per process; later requests reuse it.
+    static DEVICES: OnceLock<Mutex<HashMap<Backend, std::result::Result<Device, String>>>> =
+        OnceLock::new();
+    let mut devices = DEVICES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let entry = devices.entry(backend).or_insert_with(|| {
+        let api = match backend {
+            Backend::Vulkan => WgpuBackend::Vulkan,
+            Backend::Metal => WgpuBackend::Metal,
+            _ => WgpuBackend::Auto,
+        };
+        Device::wgpu_options()
+            .graphics_api(api)
+            .init()
+            .map_err(|e| e.to_string())
+    });
+    entry.clone().map_err(|e| {
+        Error::Backend(format!(
+            "`{}` is compiled in but no usable GPU adapter was found ({e}); on Linux without a GPU install Mesa's software Vulkan driver (apt-get install mesa-vulkan-drivers); available: {}",
             backend.name(),
             list(&Backend::available())
-        )));
-    }
-    Ok(match backend {
-        Backend::Vulkan => Device::vulkan(DeviceKind::DefaultDevice),
-        Backend::Metal => Device::metal(DeviceKind::DefaultDevice),
-        _ => Device::wgpu(DeviceKind::DefaultDevice),
+        ))
     })
-}
-
-#[cfg(feature = "wgpu")]
-fn wgpu_adapter_exists(backend: Backend) -> bool {
-    use burn::tensor::wgpu::wgpu;
-    let backends = match backend {
-        Backend::Vulkan => wgpu::Backends::VULKAN,
-        Backend::Metal => wgpu::Backends::METAL,
-        _ => wgpu::Backends::all(),
-    };
-    let instance = wgpu::Instance::new(&wgpu::InstanceDescriptor { backends, ..Default::default() });
-    !instance.enumerate_adapters(backends).is_empty()
 }
 
 fn list(backends: &[Backend]) -> String {
     if backends.is_empty() {
         return "none".into();
     }
-    backends.iter().map(|b| b.name()).collect::<Vec<_>>().join(", ")
+    backends
+        .iter()
+        .map(|b| b.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl fmt::Display for Backend {
@@ -133,7 +146,11 @@ impl FromStr for Backend {
         Self::ALL
             .into_iter()
             .find(|b| b.name() == s)
-            .ok_or_else(|| Error::Backend(format!("unknown backend `{s}`; expected one of cpu, wgpu, vulkan, metal, cuda")))
+            .ok_or_else(|| {
+                Error::Backend(format!(
+                    "unknown backend `{s}`; expected one of cpu, wgpu, vulkan, metal, cuda"
+                ))
+            })
     }
 }
 
@@ -175,7 +192,9 @@ impl FromStr for Precision {
             "f32" => Ok(Precision::F32),
             "f16" => Ok(Precision::F16),
             "bf16" => Ok(Precision::Bf16),
-            _ => Err(Error::Backend(format!("unknown dtype `{s}`; expected f32, f16 or bf16"))),
+            _ => Err(Error::Backend(format!(
+                "unknown dtype `{s}`; expected f32, f16 or bf16"
+            ))),
         }
     }
 }

@@ -154,9 +154,17 @@ impl LlamaConfig {
         if h.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(Error::config(label, "rope_scaling is not supported"));
         }
-        let heads = positive(label, "num_attention_heads", h.num_attention_heads.unwrap_or(32))?;
+        let heads = positive(
+            label,
+            "num_attention_heads",
+            h.num_attention_heads.unwrap_or(32),
+        )?;
         let hidden = positive(label, "hidden_size", h.hidden_size.unwrap_or(4096))?;
-        let kv_heads = positive(label, "num_key_value_heads", h.num_key_value_heads.unwrap_or(heads))?;
+        let kv_heads = positive(
+            label,
+            "num_key_value_heads",
+            h.num_key_value_heads.unwrap_or(heads),
+        )?;
         if hidden % heads != 0 || heads % kv_heads != 0 {
             return Err(Error::config(
                 label,
@@ -168,8 +176,16 @@ impl LlamaConfig {
         }
         Ok(Self {
             hidden_size: hidden,
-            intermediate_size: positive(label, "intermediate_size", h.intermediate_size.unwrap_or(11008))?,
-            num_hidden_layers: positive(label, "num_hidden_layers", h.num_hidden_layers.unwrap_or(32))?,
+            intermediate_size: positive(
+                label,
+                "intermediate_size",
+                h.intermediate_size.unwrap_or(11008),
+            )?,
+            num_hidden_layers: positive(
+                label,
+                "num_hidden_layers",
+                h.num_hidden_layers.unwrap_or(32),
+            )?,
             num_attention_heads: heads,
             num_key_value_heads: kv_heads,
             rms_norm_eps: h.rms_norm_eps.unwrap_or(1e-6),
@@ -218,7 +234,11 @@ impl PixelLmConfig {
             llm: LlamaConfig::from_hf(&h, label)?,
             mm_hidden_size: h.mm_hidden_size,
             out_dim: h.out_dim.unwrap_or(256),
-            image_size: positive(label, "resize_vision_tower_size", h.resize_vision_tower_size.unwrap_or(448))?,
+            image_size: positive(
+                label,
+                "resize_vision_tower_size",
+                h.resize_vision_tower_size.unwrap_or(448),
+            )?,
             vision_tower: h.vision_tower.clone().or(h.mm_vision_tower.clone()),
             vision_select_layer: select,
             scales,
@@ -255,15 +275,30 @@ impl ClipVisionConfig {
                 ));
             }
         }
-        let heads = positive(label, "num_attention_heads", h.num_attention_heads.unwrap_or(12))?;
+        let heads = positive(
+            label,
+            "num_attention_heads",
+            h.num_attention_heads.unwrap_or(12),
+        )?;
         let hidden = positive(label, "hidden_size", h.hidden_size.unwrap_or(768))?;
         if hidden % heads != 0 {
-            return Err(Error::config(label, "hidden_size must be a multiple of num_attention_heads"));
+            return Err(Error::config(
+                label,
+                "hidden_size must be a multiple of num_attention_heads",
+            ));
         }
         Ok(Self {
             hidden_size: hidden,
-            intermediate_size: positive(label, "intermediate_size", h.intermediate_size.unwrap_or(3072))?,
-            num_hidden_layers: positive(label, "num_hidden_layers", h.num_hidden_layers.unwrap_or(12))?,
+            intermediate_size: positive(
+                label,
+                "intermediate_size",
+                h.intermediate_size.unwrap_or(3072),
+            )?,
+            num_hidden_layers: positive(
+                label,
+                "num_hidden_layers",
+                h.num_hidden_layers.unwrap_or(12),
+            )?,
             num_attention_heads: heads,
             num_channels: positive(label, "num_channels", h.num_channels.unwrap_or(3))?,
             image_size: positive(label, "image_size", h.image_size.unwrap_or(224))?,

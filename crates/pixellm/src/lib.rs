@@ -6,6 +6,7 @@
 //! ([`model`]) -> masks ([`pipeline`]).
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod config;
 pub mod error;
 pub mod image;
@@ -13,7 +14,6 @@ pub mod model;
 pub mod pipeline;
 pub mod tokenizer;
 pub mod weights;
-pub mod backend;
 
 pub use error::{Error, Result};
-pub use pipeline::{PixelLm, Progress, Segmentation, SegmentRequest, Target};
+pub use pipeline::{PixelLm, Progress, SegmentRequest, Segmentation, Target};

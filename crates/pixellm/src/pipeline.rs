@@ -110,13 +110,18 @@ struct Stopwatch<'a> {
 
 impl<'a> Stopwatch<'a> {
     fn new(device: &'a Device) -> Self {
-        Self { device, start: Instant::now(), laps: Vec::new() }
+        Self {
+            device,
+            start: Instant::now(),
+            laps: Vec::new(),
+        }
     }
 
     fn lap(&mut self, name: &str) {
         let _ = self.device.sync();
         let now = Instant::now();
-        self.laps.push((name.to_string(), (now - self.start).as_secs_f64() * 1e3));
+        self.laps
+            .push((name.to_string(), (now - self.start).as_secs_f64() * 1e3));
         self.start = now;
     }
 }
@@ -137,14 +142,21 @@ impl PixelLm {
             progress(Progress::Step(name.to_string()));
             let t = Instant::now();
             f()?;
-            progress(Progress::Done(name.to_string(), t.elapsed().as_secs_f64() * 1e3));
+            progress(Progress::Done(
+                name.to_string(),
+                t.elapsed().as_secs_f64() * 1e3,
+            ));
             Ok(())
         };
         if !model_dir.is_dir() {
-            return Err(Error::config(model_dir.display().to_string(), "model directory not found"));
+            return Err(Error::config(
+                model_dir.display().to_string(),
+                "model directory not found",
+            ));
         }
         let config = PixelLmConfig::from_file(&model_dir.join("config.json"))?;
-        let clip_dir = resolve_vision_tower(vision_tower, config.vision_tower.as_deref(), model_dir)?;
+        let clip_dir =
+            resolve_vision_tower(vision_tower, config.vision_tower.as_deref(), model_dir)?;
         let clip_config = ClipVisionConfig::from_file(&clip_dir.join("config.json"))?;
         let mut tokenizer = None;
         step("tokenizer", &mut || {
@@ -169,7 +181,10 @@ impl PixelLm {
             )?);
             Ok(())
         })?;
-        Self::new(model.expect("loaded above"), tokenizer.expect("loaded above"))
+        Self::new(
+            model.expect("loaded above"),
+            tokenizer.expect("loaded above"),
+        )
     }
 
     /// Pairs loaded weights with a tokenizer (e.g. both built from in-memory bytes).
@@ -192,7 +207,11 @@ impl PixelLm {
                 format!("codebook token id {id} is outside the model's vocabulary of {vocab}"),
             ));
         }
-        Ok(Self { model, tokenizer, seg_ids })
+        Ok(Self {
+            model,
+            tokenizer,
+            seg_ids,
+        })
     }
 
     /// The network.
@@ -231,10 +250,23 @@ impl PixelLm {
         let prompt = llava_v1_prompt(&request.question, None);
         let prompt_ids = self.tokenizer.encode_with_image(&prompt);
         let (text, token_ids, seg_hidden) = match &request.answer {
-            None => self.generate(&prompt_ids, &features, &input, request.max_new_tokens, on_text, &mut clock)?,
+            None => self.generate(
+                &prompt_ids,
+                &features,
+                &input,
+                request.max_new_tokens,
+                on_text,
+                &mut clock,
+            )?,
             Some(answer) => {
-                let full = self.tokenizer.encode_with_image(&llava_v1_prompt(&request.question, Some(answer)));
-                let common = prompt_ids.iter().zip(&full).take_while(|(a, b)| a == b).count();
+                let full = self
+                    .tokenizer
+                    .encode_with_image(&llava_v1_prompt(&request.question, Some(answer)));
+                let common = prompt_ids
+                    .iter()
+                    .zip(&full)
+                    .take_while(|(a, b)| a == b)
+                    .count();
                 let hidden = self.teacher_forced(&full, &features, &input)?;
                 clock.lap("prefill");
                 on_text(answer);
@@ -319,7 +351,13 @@ impl PixelLm {
         }
         let capacity = (e + max_new_tokens).min(context);
         let p = image_position(ids)?;
-        let mut cache = KvCache::new(llm.config(), capacity, &self.llm_key_padding(p, input), device, self.model.dtype())?;
+        let mut cache = KvCache::new(
+            llm.config(),
+            capacity,
+            &self.llm_key_padding(p, input),
+            device,
+            self.model.dtype(),
+        )?;
         let (embeds, _) = self.model.splice_image(ids, &features.llm_tokens)?;
         let hidden = llm.forward(embeds, &mut cache)?;
         let h = llm.config().hidden_size;
@@ -357,7 +395,12 @@ impl PixelLm {
 
     /// One forward pass over prompt + forced answer; gathers the hidden state before each
     /// codebook token (spec §8.2, §14.2).
-    fn teacher_forced(&self, ids: &[i64], features: &ImageFeatures, input: &ClipInput) -> Result<Option<Tensor<2>>> {
+    fn teacher_forced(
+        &self,
+        ids: &[i64],
+        features: &ImageFeatures,
+        input: &ClipInput,
+    ) -> Result<Option<Tensor<2>>> {
         let hidden = self.forced_hidden_states(ids, features, input)?;
         let p = image_position(ids)?;
         let shift = self.model.llm_grid().pow(2) - 1;
@@ -369,13 +412,19 @@ impl PixelLm {
             return Ok(None);
         }
         let n = positions.len();
-        let index = Tensor::<1, Int>::from_data(TensorData::new(positions, [n]), self.model.device());
+        let index =
+            Tensor::<1, Int>::from_data(TensorData::new(positions, [n]), self.model.device());
         let [_, e, h] = hidden.dims();
         Ok(Some(hidden.reshape([e, h]).select(0, index)))
     }
 
     /// Final-norm hidden states `[1, E, H]` of a full multimodal sequence (no generation).
-    pub fn forced_hidden_states(&self, ids: &[i64], features: &ImageFeatures, input: &ClipInput) -> Result<Tensor<3>> {
+    pub fn forced_hidden_states(
+        &self,
+        ids: &[i64],
+        features: &ImageFeatures,
+        input: &ClipInput,
+    ) -> Result<Tensor<3>> {
         let llm = self.model.llm();
         let e = self.expanded_len(ids);
         let context = llm.config().max_position_embeddings;
@@ -385,7 +434,13 @@ impl PixelLm {
             )));
         }
         let p = image_position(ids)?;
-        let mut cache = KvCache::new(llm.config(), e, &self.llm_key_padding(p, input), self.model.device(), self.model.dtype())?;
+        let mut cache = KvCache::new(
+            llm.config(),
+            e,
+            &self.llm_key_padding(p, input),
+            self.model.device(),
+            self.model.dtype(),
+        )?;
         let (embeds, _) = self.model.splice_image(ids, &features.llm_tokens)?;
         llm.forward(embeds, &mut cache)
     }
@@ -397,15 +452,17 @@ fn argmax(logits: Tensor<2>) -> Result<i64> {
     let data = logits.argmax(1).into_data();
     let ids = data
         .convert::<i64>()
-        .to_vec::<i64>()
+        .try_to_vec::<i64>()
         .map_err(|e| Error::Backend(format!("reading the next token id: {e:?}")))?;
-    ids.first().copied().ok_or_else(|| Error::Backend("empty argmax".into()))
+    ids.first()
+        .copied()
+        .ok_or_else(|| Error::Backend("empty argmax".into()))
 }
 
 /// Reads a float tensor back to the host as f32.
 pub fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
     t.into_data()
         .convert::<f32>()
-        .to_vec::<f32>()
+        .try_to_vec::<f32>()
         .map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))
 }

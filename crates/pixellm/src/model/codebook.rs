@@ -3,8 +3,8 @@
 
 use burn::tensor::Tensor;
 
-use super::projector::{Activation, TwoLayerMlp};
 use super::params::Params;
+use super::projector::{Activation, TwoLayerMlp};
 use crate::error::Result;
 
 /// `multiseg_scalar`: never registered, trained or saved in PixelLM; every entry is
@@ -21,7 +21,13 @@ pub struct Codebook {
 
 impl Codebook {
     /// Loads `model.text_hidden_fcs.0.{0,2}` from `p` (the `model.` prefix).
-    pub fn load(p: &Params, hidden: usize, out_dim: usize, tokens_per_scale: usize, scales: usize) -> Result<Self> {
+    pub fn load(
+        p: &Params,
+        hidden: usize,
+        out_dim: usize,
+        tokens_per_scale: usize,
+        scales: usize,
+    ) -> Result<Self> {
         Ok(Self {
             text_hidden_fcs: TwoLayerMlp::load(
                 &p.pp("text_hidden_fcs"),

@@ -5,7 +5,9 @@
 //! copies, so the same code runs PixelLM's Vicuna/LLaMA-2 and other LLaMA-architecture
 //! models.
 
-use burn::tensor::{activation, module, ops::AttentionModuleOptions, Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{
+    activation, module, ops::AttentionModuleOptions, Bool, Device, Int, Tensor, TensorData,
+};
 
 use super::nn::{merge_heads, split_heads, Embedding, Linear, RmsNorm};
 use super::params::Params;
@@ -189,7 +191,12 @@ impl LlamaDecoderLayer {
                 heads: c.num_attention_heads,
                 kv_heads: c.num_key_value_heads,
             },
-            post_attention_layernorm: RmsNorm::load(p, "post_attention_layernorm", h, c.rms_norm_eps)?,
+            post_attention_layernorm: RmsNorm::load(
+                p,
+                "post_attention_layernorm",
+                h,
+                c.rms_norm_eps,
+            )?,
             mlp: LlamaMlp {
                 gate_proj: Linear::load(&m, "gate_proj", h, c.intermediate_size, false)?,
                 up_proj: Linear::load(&m, "up_proj", h, c.intermediate_size, false)?,
@@ -209,10 +216,12 @@ impl LlamaDecoderLayer {
         let (k, v) = (repeat_kv(k, a.heads), repeat_kv(v, a.heads));
         let [b, _, n, d] = q.dims();
         let total = k.dims()[2];
-        let mask = cache
-            .key_padding
-            .as_ref()
-            .map(|m| m.clone().narrow(0, 0, total).reshape([1, 1, 1, total]).expand([b, a.heads, n, total]));
+        let mask = cache.key_padding.as_ref().map(|m| {
+            m.clone()
+                .narrow(0, 0, total)
+                .reshape([1, 1, 1, total])
+                .expand([b, a.heads, n, total])
+        });
         let out = module::attention(
             q,
             k,
@@ -241,7 +250,9 @@ fn repeat_kv(x: Tensor<4>, heads: usize) -> Tensor<4> {
         return x;
     }
     let rep = heads / kv;
-    x.reshape([b, kv, 1, l, d]).expand([b, kv, rep, l, d]).reshape([b, heads, l, d])
+    x.reshape([b, kv, 1, l, d])
+        .expand([b, kv, rep, l, d])
+        .reshape([b, heads, l, d])
 }
 
 /// LLaMA decoder stack, final norm and LM head.
@@ -265,7 +276,10 @@ impl Llama {
             .map(|i| LlamaDecoderLayer::load(&m.pp("layers").pp(i), c))
             .collect::<Result<Vec<_>>>()?;
         let lm_head = if c.tie_word_embeddings && !p.contains("lm_head.weight") {
-            Linear { weight: embed_tokens.weight.clone(), bias: None }
+            Linear {
+                weight: embed_tokens.weight.clone(),
+                bias: None,
+            }
         } else {
             Linear::load(p, "lm_head", c.hidden_size, c.vocab_size, false)?
         };

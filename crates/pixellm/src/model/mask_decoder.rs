@@ -113,9 +113,18 @@ impl MaskDecoderMultiScale {
             level_embed: p.tensor("level_embed.weight", [2, dim])?,
             output_upscaling: Upscale::load(&p.pp("output_upscaling"), dim, up)?,
             upsample_2x: Upscale::load(&p.pp("upsample_2x"), dim, dim)?,
-            output_hypernetwork_0: Mlp::load(&p.pp("output_hypernetworks_mlps").pp(0), &[dim, dim, dim, up])?,
-            iou_prediction_head: Mlp::load(&p.pp("iou_prediction_head"), &[dim, dim, dim, MASK_TOKENS])?,
-            pe1: p.upload(fourier_pe(&g, 2 * grid, 2 * grid), [1, dim, 2 * grid, 2 * grid]),
+            output_hypernetwork_0: Mlp::load(
+                &p.pp("output_hypernetworks_mlps").pp(0),
+                &[dim, dim, dim, up],
+            )?,
+            iou_prediction_head: Mlp::load(
+                &p.pp("iou_prediction_head"),
+                &[dim, dim, dim, MASK_TOKENS],
+            )?,
+            pe1: p.upload(
+                fourier_pe(&g, 2 * grid, 2 * grid),
+                [1, dim, 2 * grid, 2 * grid],
+            ),
         })
     }
 
@@ -140,7 +149,11 @@ impl MaskDecoderMultiScale {
         let fixed = Tensor::cat(vec![self.iou_token.clone(), self.mask_tokens.clone()], 0);
         let fixed = fixed.unsqueeze::<3>().expand([n, 1 + MASK_TOKENS, c]);
         // level_embed goes onto all six tokens, not only the sparse one (quirk §15.23).
-        let level_embed = self.level_embed.clone().narrow(0, level, 1).unsqueeze::<3>();
+        let level_embed = self
+            .level_embed
+            .clone()
+            .narrow(0, level, 1)
+            .unsqueeze::<3>();
         let tokens = Tensor::cat(vec![fixed, sparse], 1) + level_embed;
 
         let (src, pe) = match prev {
@@ -160,11 +173,22 @@ impl MaskDecoderMultiScale {
         let iou_out = hs.clone().narrow(1, 0, 1).reshape([n, c]);
         let mask_out = hs.clone().narrow(1, 1, 1).reshape([n, c]);
 
-        let upscaled = self.output_upscaling.forward(keys.swap_dims(1, 2).reshape([n, c, h, w]));
+        let upscaled = self
+            .output_upscaling
+            .forward(keys.swap_dims(1, 2).reshape([n, c, h, w]));
         let [_, cu, hu, wu] = upscaled.dims();
-        let hyper = self.output_hypernetwork_0.forward(mask_out).reshape([n, 1, cu]);
-        let masks = hyper.matmul(upscaled.reshape([n, cu, hu * wu])).reshape([n, 1, hu, wu]);
+        let hyper = self
+            .output_hypernetwork_0
+            .forward(mask_out)
+            .reshape([n, 1, cu]);
+        let masks = hyper
+            .matmul(upscaled.reshape([n, cu, hu * wu]))
+            .reshape([n, 1, hu, wu]);
         let iou_pred = self.iou_prediction_head.forward(iou_out).narrow(1, 0, 1);
-        LevelOutput { masks, iou_pred, tokens: hs }
+        LevelOutput {
+            masks,
+            iou_pred,
+            tokens: hs,
+        }
     }
 }

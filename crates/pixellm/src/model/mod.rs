@@ -104,17 +104,29 @@ impl PixelLmModel {
         if grid % 2 != 0 {
             return Err(Error::config(
                 "config.json",
-                format!("{} px / patch {} gives an odd grid {grid}; the LLM grid is half of it", config.image_size, clip_config.patch_size),
+                format!(
+                    "{} px / patch {} gives an odd grid {grid}; the LLM grid is half of it",
+                    config.image_size, clip_config.patch_size
+                ),
             ));
         }
         let h = config.llm.hidden_size;
         let root = Params::new(weights, device, dtype);
         let m = root.pp("model");
-        let vision = VisionTower::load(&Params::new(clip_weights, device, dtype), clip_config, config.image_size)?;
+        let vision = VisionTower::load(
+            &Params::new(clip_weights, device, dtype),
+            clip_config,
+            config.image_size,
+        )?;
         Ok(Self {
             vision,
             mm_projector: TwoLayerMlp::load(&m, "mm_projector", (d, 2 * h, h), Activation::Gelu)?,
-            out_mm_projector: TwoLayerMlp::load(&m, "out_mm_projector", (d, 2 * h, h), Activation::Gelu)?,
+            out_mm_projector: TwoLayerMlp::load(
+                &m,
+                "out_mm_projector",
+                (d, 2 * h, h),
+                Activation::Gelu,
+            )?,
             llm: Llama::load(&root, &config.llm)?,
             codebook: Codebook::load(&m, h, config.out_dim, 3, config.scales)?,
             neck: ImageFeatureNeck::load(&m, h, config.out_dim)?,
@@ -227,19 +239,33 @@ impl PixelLmModel {
             return None;
         }
         // CLS is always visible.
-        let mask: Vec<bool> = std::iter::once(false).chain(patch_valid.iter().map(|v| !v)).collect();
+        let mask: Vec<bool> = std::iter::once(false)
+            .chain(patch_valid.iter().map(|v| !v))
+            .collect();
         let n = mask.len();
-        Some(Tensor::<1, Bool>::from_data(TensorData::new(mask, [n]), &self.device))
+        Some(Tensor::<1, Bool>::from_data(
+            TensorData::new(mask, [n]),
+            &self.device,
+        ))
     }
 
     /// LLM input embeddings with the image tokens spliced in place of the single
     /// `IMAGE_TOKEN_INDEX` (spec §6.2). Returns `[1, E, H]` and the position of the first
     /// image token.
-    pub fn splice_image(&self, ids: &[i64], image_tokens: &Tensor<3>) -> Result<(Tensor<3>, usize)> {
+    pub fn splice_image(
+        &self,
+        ids: &[i64],
+        image_tokens: &Tensor<3>,
+    ) -> Result<(Tensor<3>, usize)> {
         let p = image_position(ids)?;
         let vocab = self.config.llm.vocab_size as i64;
-        if let Some(bad) = ids.iter().find(|&&i| i != IMAGE_TOKEN_INDEX && !(0..vocab).contains(&i)) {
-            return Err(Error::Prompt(format!("token id {bad} is outside the vocabulary of {vocab}")));
+        if let Some(bad) = ids
+            .iter()
+            .find(|&&i| i != IMAGE_TOKEN_INDEX && !(0..vocab).contains(&i))
+        {
+            return Err(Error::Prompt(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
         }
         let mut parts = Vec::new();
         if p > 0 {
@@ -264,8 +290,17 @@ impl PixelLmModel {
         let features = |l: usize| decoder_features.clone().narrow(0, l, 1);
         let no_mask = &self.prompt_encoder.no_mask_embed;
         let dense_pe = &self.prompt_encoder.dense_pe;
-        let level0 = self.mask_decoder.level(0, features(0), sparse(0), no_mask, dense_pe, None);
-        let level1 = self.mask_decoder.level(1, features(1), sparse(1), no_mask, dense_pe, Some(&level0.masks));
+        let level0 = self
+            .mask_decoder
+            .level(0, features(0), sparse(0), no_mask, dense_pe, None);
+        let level1 = self.mask_decoder.level(
+            1,
+            features(1),
+            sparse(1),
+            no_mask,
+            dense_pe,
+            Some(&level0.masks),
+        );
         let out = 4 * g;
         let m0 = resize::bilinear(level0.masks.clone(), (out, out));
         let m1 = resize::bilinear(level1.masks.clone(), (out, out));
@@ -288,7 +323,12 @@ impl PixelLmModel {
     ///
     /// # Shapes
     /// `[N, 1, 128, 128]` -> `[N, 1, H0, W0]`
-    pub fn postprocess(&self, low_res: Tensor<4>, resized: (usize, usize), original: (usize, usize)) -> Tensor<4> {
+    pub fn postprocess(
+        &self,
+        low_res: Tensor<4>,
+        resized: (usize, usize),
+        original: (usize, usize),
+    ) -> Tensor<4> {
         let [_, _, lh, lw] = low_res.dims();
         let s = self.config.image_size;
         let fold = |low: usize, crop: usize, orig: usize| {
@@ -309,10 +349,18 @@ impl PixelLmModel {
 
 /// Position of the single image placeholder in `ids`.
 pub fn image_position(ids: &[i64]) -> Result<usize> {
-    let mut found = ids.iter().enumerate().filter(|(_, &i)| i == IMAGE_TOKEN_INDEX).map(|(p, _)| p);
+    let mut found = ids
+        .iter()
+        .enumerate()
+        .filter(|(_, &i)| i == IMAGE_TOKEN_INDEX)
+        .map(|(p, _)| p);
     match (found.next(), found.next()) {
         (Some(p), None) => Ok(p),
-        (None, _) => Err(Error::Prompt("the prompt has no <image> placeholder".into())),
-        (Some(_), Some(_)) => Err(Error::Prompt("the prompt has more than one <image> placeholder".into())),
+        (None, _) => Err(Error::Prompt(
+            "the prompt has no <image> placeholder".into(),
+        )),
+        (Some(_), Some(_)) => Err(Error::Prompt(
+            "the prompt has more than one <image> placeholder".into(),
+        )),
     }
 }

@@ -32,9 +32,19 @@ impl ImageFeatureNeck {
     /// # Shapes
     /// `[S, H, h, w]` -> `[S, 256, h, w]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = module::conv2d(x, self.conv_0.clone(), None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1));
+        let x = module::conv2d(
+            x,
+            self.conv_0.clone(),
+            None,
+            ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
+        );
         let x = self.norm_1.forward(x);
-        let x = module::conv2d(x, self.conv_2.clone(), None, ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
+        let x = module::conv2d(
+            x,
+            self.conv_2.clone(),
+            None,
+            ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+        );
         self.norm_3.forward(x)
     }
 }

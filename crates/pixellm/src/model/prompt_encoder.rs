@@ -42,7 +42,10 @@ impl PromptEncoder {
     /// evaluates the positional encoding on the `grid`×`grid` feature map.
     pub fn load(p: &Params, dim: usize, grid: usize) -> Result<Self> {
         let p = p.pp("prompt_encoder");
-        let g = p.host("pe_layer.positional_encoding_gaussian_matrix", &[2, dim / 2])?;
+        let g = p.host(
+            "pe_layer.positional_encoding_gaussian_matrix",
+            &[2, dim / 2],
+        )?;
         Ok(Self {
             no_mask_embed: p.tensor("no_mask_embed.weight", [1, dim])?.reshape([dim]),
             dense_pe: p.upload(fourier_pe(&g, grid, grid), [1, dim, grid, grid]),
@@ -52,6 +55,9 @@ impl PromptEncoder {
     /// The dense embedding `[1, C, h, w]` (the same for every target).
     pub fn dense_embeddings(&self, h: usize, w: usize) -> Tensor<4> {
         let c = self.no_mask_embed.dims()[0];
-        self.no_mask_embed.clone().reshape([1, c, 1, 1]).expand([1, c, h, w])
+        self.no_mask_embed
+            .clone()
+            .reshape([1, c, 1, 1])
+            .expand([1, c, h, w])
     }
 }

@@ -85,7 +85,8 @@ impl Block {
     ) -> (Tensor<3>, Tensor<3>) {
         // Self attention of the tokens; the first block has no PE and no residual.
         let queries = if self.skip_first_layer_pe {
-            self.self_attn.forward(queries.clone(), queries.clone(), queries)
+            self.self_attn
+                .forward(queries.clone(), queries.clone(), queries)
         } else {
             let q = queries.clone() + query_pe.clone();
             queries.clone() + self.self_attn.forward(q.clone(), q, queries)
@@ -95,15 +96,21 @@ impl Block {
         // Tokens attend to the image.
         let q = queries.clone() + query_pe.clone();
         let k = keys.clone() + key_pe.clone();
-        let attn = self.cross_attn_token_to_image.forward(q, k.clone(), keys.clone());
+        let attn = self
+            .cross_attn_token_to_image
+            .forward(q, k.clone(), keys.clone());
         let queries = self.norm2.forward(queries + attn);
 
-        let mlp = self.lin2.forward(activation::relu(self.lin1.forward(queries.clone())));
+        let mlp = self
+            .lin2
+            .forward(activation::relu(self.lin1.forward(queries.clone())));
         let queries = self.norm3.forward(queries + mlp);
 
         // The image attends to the tokens.
         let q = queries.clone() + query_pe.clone();
-        let attn = self.cross_attn_image_to_token.forward(k, q, queries.clone());
+        let attn = self
+            .cross_attn_image_to_token
+            .forward(k, q, queries.clone());
         let keys = self.norm4.forward(keys + attn);
         (queries, keys)
     }
@@ -135,7 +142,12 @@ impl TwoWayTransformer {
     /// # Shapes
     /// - `image`, `image_pe`: `[N, C, h, w]`
     /// - `tokens`: `[N, T, C]` (also the query positional encoding)
-    pub fn forward(&self, image: Tensor<4>, image_pe: Tensor<4>, tokens: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+    pub fn forward(
+        &self,
+        image: Tensor<4>,
+        image_pe: Tensor<4>,
+        tokens: Tensor<3>,
+    ) -> (Tensor<3>, Tensor<3>) {
         let [n, c, h, w] = image.dims();
         let keys = image.reshape([n, c, h * w]).swap_dims(1, 2);
         let key_pe = image_pe.reshape([n, c, h * w]).swap_dims(1, 2);

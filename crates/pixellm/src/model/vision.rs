@@ -127,7 +127,8 @@ impl VisionTower {
             .map(|i| ClipEncoderLayer::load(&enc.pp(i), c))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            patch_embedding: emb.tensor("patch_embedding.weight", [d, c.num_channels, patch, patch])?,
+            patch_embedding: emb
+                .tensor("patch_embedding.weight", [d, c.num_channels, patch, patch])?,
             class_embedding: emb.tensor("class_embedding", [d])?,
             position_embedding: p.upload(new_pos, [new_grid * new_grid + 1, d]),
             pre_layrnorm: LayerNorm::load(&p, "pre_layrnorm", d, c.layer_norm_eps)?,
@@ -156,7 +157,11 @@ impl VisionTower {
         );
         let [b, d, gh, gw] = x.dims();
         let patches = x.reshape([b, d, gh * gw]).swap_dims(1, 2);
-        let cls = self.class_embedding.clone().reshape([1, 1, d]).repeat_dim(0, b);
+        let cls = self
+            .class_embedding
+            .clone()
+            .reshape([1, 1, d])
+            .repeat_dim(0, b);
         let x = Tensor::cat(vec![cls, patches], 1) + self.position_embedding.clone().unsqueeze();
         let embeddings = self.pre_layrnorm.forward(x);
 

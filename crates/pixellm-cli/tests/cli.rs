@@ -1,5 +1,6 @@
 //! The `pixellm` binary end to end on a conformance-kit case.
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use std::process::Command;
@@ -21,15 +22,26 @@ fn segment_writes_result_masks_overlay_and_logits() {
         .arg(kit().join("checkpoint-bin"))
         .arg("--image")
         .arg(case.dir.join("image.png"))
-        .args(["--prompt", case.json["question"].as_str().unwrap(), "--answer", answer, "--save-logits", "--out"])
+        .args([
+            "--prompt",
+            case.json["question"].as_str().unwrap(),
+            "--answer",
+            answer,
+            "--save-logits",
+            "--out",
+        ])
         .arg(&out)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "pixellm failed: {stderr}");
-    assert!(String::from_utf8_lossy(&run.stdout).contains(answer), "answer streamed to stdout");
+    assert!(
+        String::from_utf8_lossy(&run.stdout).contains(answer),
+        "answer streamed to stdout"
+    );
 
-    let result: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("result.json")).unwrap()).unwrap();
+    let result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("result.json")).unwrap()).unwrap();
     assert_eq!(result["text"], answer);
     assert_eq!(result["backend"], "cpu");
     assert_eq!(result["dtype"], "f32");
@@ -41,16 +53,35 @@ fn segment_writes_result_masks_overlay_and_logits() {
         let png = image_luma(&out.join(t["mask"].as_str().unwrap()));
         assert_eq!((png.1, png.0), (h, w), "mask size");
         let plane = &golden.values[i * h * w..(i + 1) * h * w];
-        let ours: Vec<f32> = png.2.iter().map(|&v| if v == 255 { 1.0 } else { -1.0 }).collect();
+        let ours: Vec<f32> = png
+            .2
+            .iter()
+            .map(|&v| if v == 255 { 1.0 } else { -1.0 })
+            .collect();
         let iou = iou(&ours, plane);
         assert!(iou >= 0.9999, "target {i}: mask IoU {iou}");
         let area = plane.iter().filter(|&&v| v > 0.0).count() as u64;
-        assert!((t["area"].as_u64().unwrap() as i64 - area as i64).abs() <= 2, "area");
+        assert!(
+            (t["area"].as_u64().unwrap() as i64 - area as i64).abs() <= 2,
+            "area"
+        );
     }
     assert!(out.join("overlay.png").is_file());
     let logits = goldens(&out.join("logits.safetensors"));
-    assert_close("cli masks logits", &logits["masks"].values, &logits["masks"].shape, golden, 1e-4);
-    assert_close("cli low_res", &logits["low_res_masks"].values, &[2, 128, 128], &reshape(case.g("tf.low_res_masks_fused"), vec![2, 128, 128]), 1e-4);
+    assert_close(
+        "cli masks logits",
+        &logits["masks"].values,
+        &logits["masks"].shape,
+        golden,
+        1e-4,
+    );
+    assert_close(
+        "cli low_res",
+        &logits["low_res_masks"].values,
+        &[2, 128, 128],
+        &reshape(case.g("tf.low_res_masks_fused"), vec![2, 128, 128]),
+        1e-4,
+    );
     std::fs::remove_dir_all(&out).unwrap();
 }
 
@@ -75,7 +106,10 @@ fn failure_exits_non_zero_with_one_line_and_writes_nothing() {
 }
 
 fn reshape(g: &Golden, shape: Vec<usize>) -> Golden {
-    Golden { shape, values: g.values.clone() }
+    Golden {
+        shape,
+        values: g.values.clone(),
+    }
 }
 
 /// (width, height, pixels) of an 8-bit grayscale PNG.
