@@ -46,8 +46,12 @@ fn cases() -> &'static [Case] {
     CASES_.get_or_init(|| CASES.iter().map(|n| Case::load(n)).collect())
 }
 
-/// Runs `f` for every (backend, model, case).
+/// Runs `f` for every (backend, model, case), one test at a time: the backends run their
+/// own thread pools / GPU queues, and eight tests fighting over two cores is ten times
+/// slower than taking turns.
 fn each(mut f: impl FnMut(&str, &PixelLm, &Case)) {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     assert!(!models().is_empty(), "no backend available");
     for (b, m) in models() {
         for c in cases() {
@@ -281,8 +285,6 @@ fn greedy_generation_with_kv_cache() {
                 .0 as i64;
             step_logits.extend(logits);
             got.push(id);
-            let x = Tensor::<1, Int>::from_data(TensorData::new(vec![id], [1]), device);
-            let _ = x;
             last = llm
                 .forward(llm.embed(&[id], device), &mut cache)
                 .unwrap()
@@ -466,6 +468,11 @@ fn segment_generates_official_ids() {
             "{tag} generated ids"
         );
         assert_eq!(streamed, seg.text, "{tag} streamed = final text");
+        assert_eq!(
+            seg.text,
+            c.json["generation"]["decoded_new_text"].as_str().unwrap(),
+            "{tag} decoded text"
+        );
         assert!(
             seg.targets.is_empty(),
             "{tag}: random weights emit no codebook tokens"
