@@ -115,6 +115,8 @@ pub fn rel_err(ours: &[f32], golden: &[f32]) -> f64 {
 pub fn assert_close(what: &str, ours: &[f32], our_shape: &[usize], golden: &Golden, tol: f64) {
     assert_eq!(our_shape, golden.shape.as_slice(), "{what}: shape");
     let err = rel_err(ours, &golden.values);
+    // Visible with `cargo test -- --nocapture`: the measured error of every stage.
+    eprintln!("{what}: rel. error {err:.2e}");
     assert!(err <= tol, "{what}: relative error {err:.3e} > {tol:.0e}");
     assert!(
         ours.iter().all(|v| v.is_finite()),

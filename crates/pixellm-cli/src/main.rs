@@ -85,6 +85,7 @@ fn segment(args: SegmentArgs) -> pixellm::Result<()> {
     let precision: Precision = args.dtype.parse()?;
     let device = backend.device()?;
     let image = pixellm::image::load_image(&args.image)?;
+    let mut shown = 0;
     let model = PixelLm::load(
         &args.model,
         args.vision_tower.as_deref(),
@@ -93,6 +94,18 @@ fn segment(args: SegmentArgs) -> pixellm::Result<()> {
         &mut |p| match p {
             Progress::Step(s) => eprint!("{s}… "),
             Progress::Done(_, ms) => eprintln!("{ms:.0} ms"),
+            Progress::Bytes { done, total } => {
+                // One update per percent: smooth on a terminal, short in a log.
+                let pct = if total == 0 { 100 } else { done * 100 / total };
+                if pct > shown {
+                    shown = pct;
+                    eprint!(
+                        "\rload weights… {pct:3}% ({:.2} / {:.2} GB) ",
+                        done as f64 / 1e9,
+                        total as f64 / 1e9
+                    );
+                }
+            }
         },
     )?;
     let request = SegmentRequest {
@@ -132,7 +145,7 @@ fn devices() -> pixellm::Result<()> {
             continue;
         }
         match backend.device() {
-            Ok(device) => println!("{backend}: {device:?}"),
+            Ok(device) => println!("{backend}: {}", pixellm::backend::describe(&device)),
             Err(e) => println!("{backend}: {e}"),
         }
     }

@@ -118,3 +118,74 @@ fn image_luma(path: &std::path::Path) -> (usize, usize, Vec<u8>) {
     let (w, h) = (img.width() as usize, img.height() as usize);
     (w, h, img.pixels().map(|p| p.0[0]).collect())
 }
+
+/// The same case through the CLI on every backend of this machine: identical targets and
+/// binary masks (IoU 1.0) at f32.
+#[test]
+fn backends_agree_through_the_cli() {
+    let others: Vec<_> = backends()
+        .iter()
+        .map(|(b, _)| *b)
+        .filter(|b| b.name() != "cpu")
+        .collect();
+    if others.is_empty() {
+        eprintln!("only the cpu backend here: nothing to compare");
+        return;
+    }
+    let case = Case::load(CASES[0]);
+    let answer = case.json["teacher_forced"]["answer"].as_str().unwrap();
+    let run = |backend: &str| {
+        let out =
+            std::env::temp_dir().join(format!("pixellm-cli-{backend}-{}", std::process::id()));
+        let status = pixellm()
+            .args(["segment", "--backend", backend, "--model"])
+            .arg(kit().join("checkpoint"))
+            .arg("--image")
+            .arg(case.dir.join("image.png"))
+            .args([
+                "--prompt",
+                case.json["question"].as_str().unwrap(),
+                "--answer",
+                answer,
+                "--out",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{backend}: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let result: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("result.json")).unwrap()).unwrap();
+        let masks: Vec<Vec<u8>> = result["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| image_luma(&out.join(t["mask"].as_str().unwrap())).2)
+            .collect();
+        std::fs::remove_dir_all(&out).unwrap();
+        (result, masks)
+    };
+    let (cpu, cpu_masks) = run("cpu");
+    for b in others {
+        let (other, masks) = run(b.name());
+        assert_eq!(other["backend"], b.name());
+        let (ta, tb) = (
+            cpu["targets"].as_array().unwrap(),
+            other["targets"].as_array().unwrap(),
+        );
+        assert_eq!(ta.len(), tb.len(), "{b}: number of targets");
+        for (i, (x, y)) in ta.iter().zip(tb).enumerate() {
+            assert_eq!(x["area"], y["area"], "{b} target {i}: area");
+            assert_eq!(x["bbox"], y["bbox"], "{b} target {i}: bbox");
+            let ds = (x["score"].as_f64().unwrap() - y["score"].as_f64().unwrap()).abs();
+            assert!(ds < 1e-4, "{b} target {i}: score differs by {ds}");
+            assert_eq!(
+                cpu_masks[i], masks[i],
+                "{b} target {i}: mask pixels (IoU 1.0)"
+            );
+        }
+    }
+}

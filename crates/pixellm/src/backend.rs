@@ -123,6 +123,17 @@ fn wgpu_device(backend: Backend) -> Result<Device> {
     })
 }
 
+/// A human-readable name of the hardware behind `device` ("llvmpipe (LLVM 15.0.6, 256
+/// bits)", "NVIDIA H100 PCIe", "CPU").
+pub fn describe(device: &Device) -> String {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if let Some(identity) = device.identity() {
+        return identity.name;
+    }
+    let _ = device;
+    "CPU".to_string()
+}
+
 fn list(backends: &[Backend]) -> String {
     if backends.is_empty() {
         return "none".into();

@@ -331,6 +331,15 @@ pub fn resolve_vision_tower(
     config_value: Option<&str>,
     model_dir: &Path,
 ) -> Result<PathBuf> {
+    resolve_in(explicit, config_value, model_dir, &hf_hub_dirs())
+}
+
+fn resolve_in(
+    explicit: Option<&Path>,
+    config_value: Option<&str>,
+    model_dir: &Path,
+    hubs: &[PathBuf],
+) -> Result<PathBuf> {
     if let Some(dir) = explicit {
         if dir.is_dir() {
             return Ok(dir.to_path_buf());
@@ -358,7 +367,7 @@ pub fn resolve_vision_tower(
     ];
     if name.contains('/') && !as_path.is_absolute() {
         let repo = format!("models--{}", name.replace('/', "--"));
-        for hub in hf_hub_dirs() {
+        for hub in hubs {
             let snapshots = hub.join(&repo).join("snapshots");
             if let Ok(entries) = std::fs::read_dir(&snapshots) {
                 let mut snaps: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
@@ -419,6 +428,43 @@ mod tests {
         assert_eq!(c.llm.num_key_value_heads, 32);
         assert_eq!(c.image_size, 448);
         assert_eq!(c.out_dim, 256);
+    }
+
+    #[test]
+    fn vision_tower_is_found_next_to_the_model_and_in_the_hf_cache() {
+        let root = std::env::temp_dir().join(format!("pixellm-resolve-{}", std::process::id()));
+        let model = root.join("PixelLM-7B/hf_model");
+        let hub = root.join("hub");
+        let snap = hub.join("models--openai--clip-vit-large-patch14-336/snapshots/abc123");
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::write(snap.join("config.json"), "{}").unwrap();
+        let name = Some("openai/clip-vit-large-patch14-336");
+        let found = resolve_in(None, name, &model, &[hub.clone()]).unwrap();
+        assert_eq!(found, snap);
+
+        // A copy next to the model directory wins over the cache.
+        let local = root.join("PixelLM-7B/clip-vit-large-patch14-336");
+        std::fs::create_dir_all(&local).unwrap();
+        std::fs::write(local.join("config.json"), "{}").unwrap();
+        assert_eq!(
+            resolve_in(None, name, &model, &[hub.clone()]).unwrap(),
+            local
+        );
+
+        // Nothing anywhere: the error lists where it looked.
+        let e = resolve_in(None, Some("org/missing"), &model, &[hub])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("org/missing") && e.contains("models--org--missing"),
+            "{e}"
+        );
+        assert!(resolve_in(None, None, &model, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("--vision-tower"));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -24,6 +24,13 @@ pub enum Progress {
     Step(String),
     /// A loading step has finished, after `ms` milliseconds.
     Done(String, f64),
+    /// Checkpoint bytes read so far, of `total`.
+    Bytes {
+        /// Bytes read.
+        done: u64,
+        /// Bytes in the opened files.
+        total: u64,
+    },
 }
 
 /// A loaded PixelLM: weights on a device plus its tokenizer.
@@ -138,16 +145,6 @@ impl PixelLm {
         dtype: DType,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Self> {
-        let mut step = |name: &str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
-            progress(Progress::Step(name.to_string()));
-            let t = Instant::now();
-            f()?;
-            progress(Progress::Done(
-                name.to_string(),
-                t.elapsed().as_secs_f64() * 1e3,
-            ));
-            Ok(())
-        };
         if !model_dir.is_dir() {
             return Err(Error::config(
                 model_dir.display().to_string(),
@@ -158,33 +155,31 @@ impl PixelLm {
         let clip_dir =
             resolve_vision_tower(vision_tower, config.vision_tower.as_deref(), model_dir)?;
         let clip_config = ClipVisionConfig::from_file(&clip_dir.join("config.json"))?;
-        let mut tokenizer = None;
-        step("tokenizer", &mut || {
-            tokenizer = Some(Tokenizer::from_dir(model_dir)?);
-            Ok(())
-        })?;
-        let (mut weights, mut clip_weights) = (None, None);
-        step("open checkpoint files", &mut || {
-            weights = Some(WeightFiles::open_dir(model_dir)?);
-            clip_weights = Some(WeightFiles::open_dir(&clip_dir)?);
-            Ok(())
-        })?;
-        let mut model = None;
-        step("load weights", &mut || {
-            model = Some(PixelLmModel::load(
-                &config,
-                &clip_config,
-                weights.as_ref().expect("opened above"),
-                clip_weights.as_ref().expect("opened above"),
-                device,
-                dtype,
-            )?);
-            Ok(())
-        })?;
-        Self::new(
-            model.expect("loaded above"),
-            tokenizer.expect("loaded above"),
-        )
+
+        let t = Instant::now();
+        progress(Progress::Step("tokenizer".into()));
+        let tokenizer = Tokenizer::from_dir(model_dir)?;
+        progress(Progress::Done("tokenizer".into(), ms_since(t)));
+
+        let t = Instant::now();
+        progress(Progress::Step("open checkpoint files".into()));
+        let weights = WeightFiles::open_dir(model_dir)?;
+        let clip_weights = WeightFiles::open_dir(&clip_dir)?;
+        progress(Progress::Done("open checkpoint files".into(), ms_since(t)));
+
+        let t = Instant::now();
+        progress(Progress::Step("load weights".into()));
+        let model = PixelLmModel::load(
+            &config,
+            &clip_config,
+            &weights,
+            &clip_weights,
+            device,
+            dtype,
+            &mut |done, total| progress(Progress::Bytes { done, total }),
+        )?;
+        progress(Progress::Done("load weights".into(), ms_since(t)));
+        Self::new(model, tokenizer)
     }
 
     /// Pairs loaded weights with a tokenizer (e.g. both built from in-memory bytes).
@@ -444,6 +439,10 @@ impl PixelLm {
         let (embeds, _) = self.model.splice_image(ids, &features.llm_tokens)?;
         llm.forward(embeds, &mut cache)
     }
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
 }
 
 /// Index of the largest logit (first on ties, like `torch.argmax`); the one host read per

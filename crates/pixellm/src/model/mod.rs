@@ -83,6 +83,8 @@ pub struct MaskOutputs {
 
 impl PixelLmModel {
     /// Builds the model from opened PixelLM and CLIP checkpoints onto `device` in `dtype`.
+    /// `progress(done, total)` follows the checkpoint bytes read (`total` counts every
+    /// tensor in the files, including the few unused ones).
     pub fn load(
         config: &PixelLmConfig,
         clip_config: &ClipVisionConfig,
@@ -90,7 +92,20 @@ impl PixelLmModel {
         clip_weights: &WeightFiles,
         device: &Device,
         dtype: DType,
+        progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Self> {
+        let monitor =
+            params::LoadMonitor::new(weights.total_bytes() + clip_weights.total_bytes(), progress);
+        if !device.supports_dtype(dtype) {
+            return Err(Error::Backend(format!(
+                "this device does not support {dtype:?} tensors; use f32{}",
+                if device.supports_dtype(DType::F16) {
+                    " or f16"
+                } else {
+                    ""
+                }
+            )));
+        }
         let d = clip_config.hidden_size;
         if let Some(mm) = config.mm_hidden_size {
             if mm != d {
@@ -111,7 +126,7 @@ impl PixelLmModel {
             ));
         }
         let h = config.llm.hidden_size;
-        let root = Params::new(weights, device, dtype);
+        let root = Params::new(weights, device, dtype).with_monitor(&monitor);
         let m = root.pp("model");
         let vision = VisionTower::load(
             &Params::new(clip_weights, device, dtype),
@@ -284,7 +299,6 @@ impl PixelLmModel {
     pub fn decode_masks(&self, seg_hidden: Tensor<2>, decoder_features: &Tensor<4>) -> MaskOutputs {
         let projected = self.codebook.project(seg_hidden);
         let prompt_embeddings = self.codebook.fuse(projected.clone());
-        let [n, _, c] = prompt_embeddings.dims();
         let g = self.grid();
         let sparse = |l: usize| prompt_embeddings.clone().narrow(1, l, 1);
         let features = |l: usize| decoder_features.clone().narrow(0, l, 1);
@@ -306,8 +320,6 @@ impl PixelLmModel {
         let m1 = resize::bilinear(level1.masks.clone(), (out, out));
         // multiscale_scalar: 1/2 each, constants like multiseg_scalar.
         let low_res = (m0 + m1).mul_scalar(0.5);
-        let _ = c;
-        debug_assert_eq!(low_res.dims(), [n, 1, out, out]);
         MaskOutputs {
             projected,
             prompt_embeddings,
@@ -317,9 +329,9 @@ impl PixelLmModel {
         }
     }
 
-    /// Low-res logits -> logits at the original image size (spec §10.5): bilinear to the run
-    /// resolution, crop the un-padded `resized` area, bilinear to `original`. The three steps
-    /// fold into one row and one column matrix.
+    /// Low-res logits -> f32 logits at the original image size (spec §10.5): bilinear to
+    /// the run resolution, crop the un-padded `resized` area, bilinear to `original`, all in
+    /// f32. The three steps fold into one row and one column matrix.
     ///
     /// # Shapes
     /// `[N, 1, 128, 128]` -> `[N, 1, H0, W0]`
@@ -337,12 +349,12 @@ impl PixelLmModel {
             resize::compose(&down, &up[..crop * low], orig, crop, low)
         };
         resize::resize_with(
-            low_res,
+            nn::to_f32(low_res),
             fold(lh, resized.0, original.0),
             fold(lw, resized.1, original.1),
             original,
             &self.device,
-            self.dtype,
+            DType::F32,
         )
     }
 }

@@ -4,7 +4,7 @@
 //! no copy at load, and decode-shaped GEMVs read the weight row-major, which is 3–10× faster
 //! on GPUs than the `[in, out]` layout Burn's own `Linear` uses (docs/gpu-machine.md).
 
-use burn::tensor::{activation, module, Int, Tensor};
+use burn::tensor::{activation, module, DType, Int, Tensor};
 
 use super::params::Params;
 use crate::error::Result;
@@ -60,10 +60,13 @@ impl LayerNorm {
         })
     }
 
-    /// Normalises the last dimension of `x`.
+    /// Normalises the last dimension of `x` (statistics in f32, as PyTorch does for
+    /// half-precision inputs).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        let x = to_f32(x);
         let (var, mean) = x.clone().var_mean_bias(D - 1);
-        let y = (x - mean) / (var + self.eps).sqrt();
+        let y = from_f32((x - mean) / (var + self.eps).sqrt(), dtype);
         y * self.weight.clone().unsqueeze() + self.bias.clone().unsqueeze()
     }
 }
@@ -93,10 +96,12 @@ impl LayerNorm2d {
     /// # Shapes
     /// `[N, C, H, W]` -> `[N, C, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let dtype = x.dtype();
+        let x = to_f32(x);
         let mean = x.clone().mean_dim(1);
         let centered = x - mean;
         let var = centered.clone().square().mean_dim(1);
-        let y = centered / (var + self.eps).sqrt();
+        let y = from_f32(centered / (var + self.eps).sqrt(), dtype);
         let c = self.weight.dims()[0];
         y * self.weight.clone().reshape([1, c, 1, 1]) + self.bias.clone().reshape([1, c, 1, 1])
     }
@@ -120,10 +125,13 @@ impl RmsNorm {
         })
     }
 
-    /// Normalises the last dimension of `x`.
+    /// Normalises the last dimension of `x`: in f32, cast back, then scaled — the order
+    /// of transformers' `LlamaRMSNorm`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        let x = to_f32(x);
         let ms = x.clone().square().mean_dim(D - 1);
-        x * (ms + self.eps).sqrt().recip() * self.weight.clone().unsqueeze()
+        from_f32(x * (ms + self.eps).sqrt().recip(), dtype) * self.weight.clone().unsqueeze()
     }
 }
 
@@ -146,6 +154,24 @@ impl Embedding {
     /// ids `[n]` -> `[n, d]`
     pub fn forward(&self, ids: Tensor<1, Int>) -> Tensor<2> {
         self.weight.clone().select(0, ids)
+    }
+}
+
+/// `x` in f32 (no-op when it already is).
+pub fn to_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if x.dtype() == DType::F32 {
+        x
+    } else {
+        x.cast(DType::F32)
+    }
+}
+
+/// `x` (f32) back in `dtype` (no-op for f32).
+pub fn from_f32<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
+    if dtype == DType::F32 {
+        x
+    } else {
+        x.cast(dtype)
     }
 }
 

@@ -4,10 +4,36 @@
 //! name sits next to the field it fills (as in candle's `VarBuilder`), so no key-remapping
 //! table exists anywhere, and every failure names the tensor, the file and the shape.
 
+use std::cell::{Cell, RefCell};
+
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::error::Result;
 use crate::weights::WeightFiles;
+
+/// Counts the checkpoint bytes read so far and reports them, for a progress bar.
+pub struct LoadMonitor<'a> {
+    done: Cell<u64>,
+    total: u64,
+    report: RefCell<&'a mut dyn FnMut(u64, u64)>,
+}
+
+impl<'a> LoadMonitor<'a> {
+    /// `report(done, total)` is called after every tensor.
+    pub fn new(total: u64, report: &'a mut dyn FnMut(u64, u64)) -> Self {
+        Self {
+            done: Cell::new(0),
+            total,
+            report: RefCell::new(report),
+        }
+    }
+
+    fn add(&self, bytes: u64) {
+        let done = (self.done.get() + bytes).min(self.total);
+        self.done.set(done);
+        (self.report.borrow_mut())(done, self.total);
+    }
+}
 
 /// A view of the opened checkpoint files under a key prefix, bound to a device and dtype.
 #[derive(Clone)]
@@ -16,6 +42,7 @@ pub struct Params<'a> {
     device: &'a Device,
     dtype: DType,
     prefix: String,
+    monitor: Option<&'a LoadMonitor<'a>>,
 }
 
 impl<'a> Params<'a> {
@@ -26,6 +53,15 @@ impl<'a> Params<'a> {
             device,
             dtype,
             prefix: String::new(),
+            monitor: None,
+        }
+    }
+
+    /// Reports every tensor read to `monitor`.
+    pub fn with_monitor(self, monitor: &'a LoadMonitor<'a>) -> Self {
+        Self {
+            monitor: Some(monitor),
+            ..self
         }
     }
 
@@ -68,7 +104,12 @@ impl<'a> Params<'a> {
 
     /// Reads `name` as f32 on the host, checking its shape.
     pub fn host(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        self.files.read_f32(&self.key(name), shape)
+        let key = self.key(name);
+        let values = self.files.read_f32(&key, shape)?;
+        if let Some(m) = self.monitor {
+            m.add(self.files.stored_bytes(&key));
+        }
+        Ok(values)
     }
 
     /// Reads `name` onto the device, checking its shape.

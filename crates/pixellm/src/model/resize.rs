@@ -8,6 +8,7 @@
 
 use burn::tensor::{DType, Device, Tensor};
 
+use super::nn::{from_f32, to_f32};
 use super::params::upload;
 
 /// The `[out, in]` row-stochastic matrix of a 1-D bilinear resize from `n_in` to `n_out`
@@ -63,18 +64,21 @@ pub fn resize_with(
     ry.matmul(x.matmul(rxt))
 }
 
-/// Bilinear resize of the two last dimensions of `x` to `out` (`(height, width)`).
+/// Bilinear resize of the two last dimensions of `x` to `out` (`(height, width)`),
+/// computed in f32 (the official code interpolates in f32 even in bf16 runs) and returned
+/// in `x`'s dtype.
 pub fn bilinear(x: Tensor<4>, out: (usize, usize)) -> Tensor<4> {
     let [_, _, h, w] = x.dims();
     let (device, dtype) = (x.device(), x.dtype());
-    resize_with(
-        x,
+    let y = resize_with(
+        to_f32(x),
         bilinear_weights(h, out.0),
         bilinear_weights(w, out.1),
         out,
         &device,
-        dtype,
-    )
+        DType::F32,
+    );
+    from_f32(y, dtype)
 }
 
 /// Bilinear resize of a host `[C, h, w]` f32 array, computed like PyTorch's CPU kernel.

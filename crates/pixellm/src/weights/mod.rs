@@ -286,6 +286,19 @@ impl WeightFiles {
         self.tensors.get(name).map(|e| &e.info)
     }
 
+    /// Bytes `name` occupies in its file (0 if unknown).
+    pub fn stored_bytes(&self, name: &str) -> u64 {
+        self.info(name).map_or(0, |i| {
+            let n: usize = i.shape.iter().product();
+            (n * i.dtype.size().unwrap_or(0)) as u64
+        })
+    }
+
+    /// Bytes of every tensor in the opened files.
+    pub fn total_bytes(&self) -> u64 {
+        self.tensors.keys().map(|n| self.stored_bytes(n)).sum()
+    }
+
     /// Label (path) of the file holding the tensor.
     pub fn file_of(&self, name: &str) -> Option<&str> {
         self.tensors.get(name).map(|e| e.source.label.as_str())
