@@ -18,7 +18,7 @@ fn run(dtype: DType) {
         }
         let m = PixelLm::load(&kit().join("checkpoint"), None, device, dtype, &mut |_| {})
             .unwrap_or_else(|e| panic!("[{b}] loading in {dtype:?}: {e}"));
-        for name in CASES {
+        for name in present_cases() {
             let c = Case::load(name);
             let tag = format!("[{b} {dtype:?}] {name}");
             let img = load_image(&c.dir.join("image.png")).unwrap();

@@ -13,6 +13,10 @@ use serde_json::Value;
 
 /// The conformance kit copied into the repository.
 pub fn kit() -> PathBuf {
+    // Test binaries carried to another machine (scripts/gpu-check.sh) get the kit there.
+    if let Some(dir) = std::env::var_os("PIXELLM_KIT") {
+        return PathBuf::from(dir);
+    }
     // Shared by packages at different depths: walk up to the workspace's tests/fixtures.
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .ancestors()
@@ -23,6 +27,21 @@ pub fn kit() -> PathBuf {
 
 /// The kit's case names.
 pub const CASES: [&str; 2] = ["p1_landscape_480x360", "p2_portrait_300x500"];
+
+/// The cases present in [`kit`] (all of [`CASES`] in the repository; a trimmed kit
+/// carried elsewhere may hold fewer).
+pub fn present_cases() -> Vec<&'static str> {
+    let cases: Vec<_> = CASES
+        .into_iter()
+        .filter(|c| kit().join("cases").join(c).is_dir())
+        .collect();
+    assert!(
+        !cases.is_empty(),
+        "no conformance case under {}",
+        kit().display()
+    );
+    cases
+}
 
 /// A golden tensor: shape and values as f32 (int64 goldens converted).
 #[derive(Debug, Clone)]

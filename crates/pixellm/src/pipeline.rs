@@ -8,6 +8,7 @@ use web_time::Instant;
 
 use crate::config::{resolve_vision_tower, ClipVisionConfig, PixelLmConfig};
 use crate::error::{Error, Result};
+use crate::generate::greedy;
 use crate::image::{self as img, ClipInput, RgbImage};
 use crate::model::llm::KvCache;
 use crate::model::{image_position, ImageFeatures, PixelLmModel};
@@ -356,28 +357,28 @@ impl PixelLm {
         let (embeds, _) = self.model.splice_image(ids, &features.llm_tokens)?;
         let hidden = llm.forward(embeds, &mut cache)?;
         let h = llm.config().hidden_size;
-        let mut last = hidden.narrow(1, e - 1, 1).reshape([1, h]);
+        let last = hidden.narrow(1, e - 1, 1).reshape([1, h]);
         clock.lap("prefill");
 
         let mut stream = StreamDecoder::new();
-        let (mut generated, mut seg_states, mut text) = (Vec::new(), Vec::new(), String::new());
-        while generated.len() < max_new_tokens {
-            let id = argmax(llm.logits(last.clone()))?;
-            generated.push(id);
-            if self.seg_ids.contains(&id) {
-                seg_states.push(last.clone());
-            }
-            let piece = stream.push(&self.tokenizer, id);
-            if !piece.is_empty() {
-                on_text(&piece);
-                text.push_str(&piece);
-            }
-            if id == self.tokenizer.eos_id() || cache.remaining() == 0 {
-                break;
-            }
-            let embeds = llm.embed(&[id], device);
-            last = llm.forward(embeds, &mut cache)?.reshape([1, h]);
-        }
+        let (mut seg_states, mut text) = (Vec::new(), String::new());
+        let generated = greedy(
+            llm,
+            &mut cache,
+            last,
+            max_new_tokens,
+            &[self.tokenizer.eos_id()],
+            &mut |id, hidden| {
+                if self.seg_ids.contains(&id) {
+                    seg_states.push(hidden.clone());
+                }
+                let piece = stream.push(&self.tokenizer, id);
+                if !piece.is_empty() {
+                    on_text(&piece);
+                    text.push_str(&piece);
+                }
+            },
+        )?;
         let tail = stream.finish();
         if !tail.is_empty() {
             on_text(&tail);
@@ -443,19 +444,6 @@ impl PixelLm {
 
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
-}
-
-/// Index of the largest logit (first on ties, like `torch.argmax`); the one host read per
-/// generated token.
-fn argmax(logits: Tensor<2>) -> Result<i64> {
-    let data = logits.argmax(1).into_data();
-    let ids = data
-        .convert::<i64>()
-        .try_to_vec::<i64>()
-        .map_err(|e| Error::Backend(format!("reading the next token id: {e:?}")))?;
-    ids.first()
-        .copied()
-        .ok_or_else(|| Error::Backend("empty argmax".into()))
 }
 
 /// Reads a float tensor back to the host as f32.

@@ -1,0 +1,53 @@
+//! Greedy decoding with a KV cache, shared by PixelLM segmentation and plain chat.
+//!
+//! Each step runs one position through the cached LLM and reads back exactly one value,
+//! the chosen token id: no full-sequence recompute, no other host↔device traffic.
+
+use burn::tensor::Tensor;
+
+use crate::error::{Error, Result};
+use crate::model::llm::{KvCache, Llama};
+
+/// Generates up to `max_new_tokens` ids greedily (argmax, first index on ties, as
+/// `torch.argmax`) after a prefill whose last final-norm hidden state is `last` (`[1, H]`).
+///
+/// `on_token(id, hidden)` sees every emitted id with the hidden state that predicted it
+/// (PixelLM keeps those of the codebook tokens). Stops after emitting an id in `stop`
+/// (it is kept, as transformers keeps EOS), after `max_new_tokens`, or when the cache is
+/// full (the model's context).
+pub fn greedy(
+    llm: &Llama,
+    cache: &mut KvCache,
+    mut last: Tensor<2>,
+    max_new_tokens: usize,
+    stop: &[i64],
+    on_token: &mut dyn FnMut(i64, &Tensor<2>),
+) -> Result<Vec<i64>> {
+    let device = last.device();
+    let h = llm.config().hidden_size;
+    let mut ids = Vec::new();
+    while ids.len() < max_new_tokens {
+        let id = argmax(llm.logits(last.clone()))?;
+        ids.push(id);
+        on_token(id, &last);
+        if stop.contains(&id) || cache.remaining() == 0 {
+            break;
+        }
+        last = llm
+            .forward(llm.embed(&[id], &device), cache)?
+            .reshape([1, h]);
+    }
+    Ok(ids)
+}
+
+/// Index of the largest logit of `[1, V]` logits: the one host read per generated token.
+pub fn argmax(logits: Tensor<2>) -> Result<i64> {
+    let data = logits.argmax(1).into_data();
+    let ids = data
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .map_err(|e| Error::Backend(format!("reading the next token id: {e:?}")))?;
+    ids.first()
+        .copied()
+        .ok_or_else(|| Error::Backend("empty argmax".into()))
+}
