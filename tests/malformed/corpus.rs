@@ -363,9 +363,14 @@ impl Pickle {
         } else if v < 0x8000_0000 {
             self.op(b'J').0.extend_from_slice(&(v as i32).to_le_bytes());
         } else {
-            // LONG1: little-endian two's complement, one extra byte keeps it positive.
+            // LONG1: minimal little-endian two's complement, as Python's encode_long.
             let mut b = v.to_le_bytes().to_vec();
-            b.push(0);
+            while b.len() > 1 && b[b.len() - 1] == 0 && b[b.len() - 2] & 0x80 == 0 {
+                b.pop();
+            }
+            if b[b.len() - 1] & 0x80 != 0 {
+                b.push(0);
+            }
             self.op(0x8a).0.push(b.len() as u8);
             self.0.extend_from_slice(&b);
         }
@@ -1032,6 +1037,27 @@ pub fn cases() -> Vec<Case> {
             }
         ),
         case!(
+            "bin_stride0_view_2_40_elements",
+            E(&[
+                "pytorch_model.bin",
+                "model.mask_decoder.iou_token.weight",
+                "bytes"
+            ]),
+            |c| {
+                // A broadcast (stride 0) view of a 256-element storage as [2^20, 2^20]: every
+                // element addressed exists, but reading it would allocate 4 TiB.
+                handbuilt_bin(
+                    c,
+                    |s, _| {
+                        let t = spec(s, "model.mask_decoder.iou_token.weight");
+                        t.shape = vec![1 << 20, 1 << 20];
+                        t.stride = vec![0, 0];
+                    },
+                    |_| {},
+                );
+            }
+        ),
+        case!(
             "bin_view_beyond_storage",
             E(&[
                 "pytorch_model.bin",
@@ -1261,8 +1287,16 @@ pub fn cases() -> Vec<Case> {
         case!("img_empty", E(&["empty.png", "empty"]), |c| c
             .image("empty.png", b"")),
         case!("img_not_an_image", E(&["not_an_image.png", "PNG"]), |c| {
-            c.image("not_an_image.png", b"GIF89a? no: this is plain text\n");
+            c.image("not_an_image.png", b"plain text, no image signature\n");
         }),
+        case!(
+            "img_gif_unsupported",
+            E(&["fake.gif", "Gif|GIF", "not supported"]),
+            |c| {
+                // A GIF signature: recognised, but not a format the front end accepts.
+                c.image("fake.gif", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;");
+            }
+        ),
         case!(
             "img_png_truncated",
             E(&["truncated.png", "truncated|corrupt"]),
@@ -1460,4 +1494,136 @@ pub fn platform_cases() -> Vec<Case> {
         ));
     }
     v
+}
+
+// ---------------------------------------------------------------------------------------
+// Seeds for the cargo-fuzz targets in fuzz/ (small inputs of each format, valid and not).
+
+/// `(target, file name, bytes)` for `fuzz/seeds/<target>/<file>`.
+pub fn fuzz_seeds(kit: &Path) -> Vec<(&'static str, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut add = |t: &'static str, name: &str, b: Vec<u8>| out.push((t, name.to_string(), b));
+
+    // safetensors_header: first byte 0 = whole file, 1 = JSON header only.
+    let st = St::load(&kit.join("checkpoint").join(ST));
+    let small: Vec<StTensor> = st
+        .tensors()
+        .into_iter()
+        .filter(|t| t.data.len() <= 512)
+        .take(4)
+        .collect();
+    let tiny = St::from_tensors(st.header.get("__metadata__"), &small);
+    let bytes = tiny.to_bytes();
+    let header = bytes[8..St::data_start(&bytes)].to_vec();
+    add(
+        "safetensors_header",
+        "tiny.st",
+        [&[0u8][..], &bytes].concat(),
+    );
+    add(
+        "safetensors_header",
+        "tiny.header",
+        [&[1u8][..], &header].concat(),
+    );
+    let mut f32s = tiny.clone();
+    let name = small[0].name.clone();
+    f32s.entry(&name)["dtype"] = json!("F16");
+    add("safetensors_header", "f16.header", {
+        let b = f32s.to_bytes();
+        [&[1u8][..], &b[8..St::data_start(&b)]].concat()
+    });
+
+    // torch_pickle: state dicts over the fuzz target's storages 0 (256 bytes) and 1 (64).
+    let specs = vec![
+        TorchTensor {
+            name: "a.weight".into(),
+            storage_module: "torch".into(),
+            storage: "BFloat16Storage".into(),
+            key: "0".into(),
+            numel: 128,
+            offset: 0,
+            shape: vec![8, 16],
+            stride: vec![16, 1],
+        },
+        TorchTensor {
+            name: "b.weight".into(),
+            storage_module: "torch".into(),
+            storage: "FloatStorage".into(),
+            key: "1".into(),
+            numel: 16,
+            offset: 0,
+            shape: vec![4, 4],
+            stride: vec![1, 4],
+        },
+    ];
+    add(
+        "torch_pickle",
+        "two_tensors.pkl",
+        state_dict_pickle(&specs, |_| {}),
+    );
+    add(
+        "torch_pickle",
+        "forbidden_global.pkl",
+        state_dict_pickle(&specs, |p| {
+            p.str("x")
+                .global("os", "system")
+                .str("true")
+                .op(0x85)
+                .reduce();
+        }),
+    );
+    let shard = read(&kit.join("checkpoint-bin").join(SHARD1));
+    let mut zip = zip::ZipArchive::new(Cursor::new(shard)).unwrap();
+    let mut pkl = Vec::new();
+    std::io::Read::read_to_end(
+        &mut zip
+            .by_name("pytorch_model-00001-of-00002/data.pkl")
+            .unwrap(),
+        &mut pkl,
+    )
+    .unwrap();
+    add("torch_pickle", "kit_shard.pkl", pkl);
+
+    // sentencepiece_model.
+    let sp = read(&kit.join("checkpoint").join("tokenizer.model"));
+    add("sentencepiece_model", "kit.model", sp.clone());
+    add(
+        "sentencepiece_model",
+        "truncated.model",
+        sp[..sp.len() / 2].to_vec(),
+    );
+
+    // image_decode.
+    let img = RgbImage::from_fn(16, 12, |x, y| Rgb([(x * 16) as u8, (y * 20) as u8, 99]));
+    let dynimg = DynamicImage::ImageRgb8(img.clone());
+    add(
+        "image_decode",
+        "rgb8.png",
+        encode(&dynimg, ImageFormat::Png),
+    );
+    add(
+        "image_decode",
+        "gray16.png",
+        encode(
+            &DynamicImage::ImageLuma16(dynimg.to_luma16()),
+            ImageFormat::Png,
+        ),
+    );
+    add(
+        "image_decode",
+        "rgba8.png",
+        encode(
+            &DynamicImage::ImageRgba8(dynimg.to_rgba8()),
+            ImageFormat::Png,
+        ),
+    );
+    add("image_decode", "rgb.jpg", jpeg(&img));
+    add("image_decode", "rgb.bmp", encode(&dynimg, ImageFormat::Bmp));
+    add(
+        "image_decode",
+        "rgb.webp",
+        encode(&dynimg, ImageFormat::WebP),
+    );
+    add("image_decode", "bomb.png", png_header_only(60000, 60000));
+    out
 }

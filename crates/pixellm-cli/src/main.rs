@@ -5,11 +5,15 @@ mod output;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 use pixellm::backend::{Backend, Precision};
 use pixellm::pipeline::DEFAULT_MAX_NEW_TOKENS;
 use pixellm::{PixelLm, Progress, SegmentRequest};
+
+/// Whether stderr ends in an unfinished progress line.
+static PROGRESS_LINE_OPEN: AtomicBool = AtomicBool::new(false);
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +32,36 @@ enum Command {
     Segment(SegmentArgs),
     /// List the backends compiled into this build and the devices each one sees.
     Devices,
+    /// Time every stage at real model shapes with random weights (no checkpoint needed).
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Model size: tiny (the test model), mid (TinyLlama-sized LLM), 7b, 13b.
+    #[arg(long, default_value = "tiny")]
+    shape: String,
+    /// cpu, wgpu, vulkan, metal or cuda.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Text tokens in the prompt (the 256 image tokens come on top).
+    #[arg(long, default_value_t = 300)]
+    prompt_tokens: usize,
+    /// Tokens to generate per iteration.
+    #[arg(long, default_value_t = 32)]
+    new_tokens: usize,
+    /// Targets for the pixel decoder.
+    #[arg(long, default_value_t = 2)]
+    targets: usize,
+    /// Timed iterations (after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    /// Also write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -70,10 +104,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Segment(args) => segment(args),
         Command::Devices => devices(),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // The error gets a line of its own even if a progress line was left open.
+            if PROGRESS_LINE_OPEN.load(Ordering::Relaxed) {
+                eprintln!();
+            }
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
@@ -92,8 +131,19 @@ fn segment(args: SegmentArgs) -> pixellm::Result<()> {
         &device,
         precision.dtype(),
         &mut |p| match p {
-            Progress::Step(s) => eprint!("{s}… "),
-            Progress::Done(_, ms) => eprintln!("{ms:.0} ms"),
+            Progress::Step(s) => {
+                PROGRESS_LINE_OPEN.store(true, Ordering::Relaxed);
+                eprint!("{s}… ")
+            }
+            Progress::Done(name, ms) => {
+                PROGRESS_LINE_OPEN.store(false, Ordering::Relaxed);
+                if shown > 0 {
+                    eprintln!("\r{name}… 100% {ms:.0} ms                         ");
+                    shown = 0;
+                } else {
+                    eprintln!("{ms:.0} ms");
+                }
+            }
             Progress::Bytes { done, total } => {
                 // One update per percent: smooth on a terminal, short in a log.
                 let pct = if total == 0 { 100 } else { done * 100 / total };
@@ -135,6 +185,30 @@ fn segment(args: SegmentArgs) -> pixellm::Result<()> {
         seg.targets.len(),
         args.out.display()
     );
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> pixellm::Result<()> {
+    let backend: Backend = args.backend.parse()?;
+    let precision: Precision = args.dtype.parse()?;
+    let options = pixellm::bench::BenchOptions {
+        shape: args.shape.parse()?,
+        prompt_tokens: args.prompt_tokens,
+        new_tokens: args.new_tokens,
+        targets: args.targets,
+        iters: args.iters.max(1),
+    };
+    let device = backend.device()?;
+    let report = pixellm::bench::run(&device, precision.dtype(), &options, &mut |line| {
+        eprintln!("{line}")
+    })?;
+    print!("{}", report.table());
+    if let Some(path) = args.json {
+        let mut json = report.to_json();
+        json["backend"] = backend.name().into();
+        let text = serde_json::to_string_pretty(&json).expect("JSON values serialise");
+        std::fs::write(&path, text).map_err(|e| pixellm::Error::io(path, e))?;
+    }
     Ok(())
 }
 

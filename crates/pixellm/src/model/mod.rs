@@ -82,6 +82,18 @@ pub struct MaskOutputs {
 }
 
 impl PixelLmModel {
+    /// Builds a model of the given shapes with random weights (no checkpoint), for
+    /// benchmarks at the real PixelLM sizes.
+    pub fn random(
+        config: &PixelLmConfig,
+        clip_config: &ClipVisionConfig,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let p = Params::random(device, dtype);
+        Self::build(config, clip_config, &p, &p)
+    }
+
     /// Builds the model from opened PixelLM and CLIP checkpoints onto `device` in `dtype`.
     /// `progress(done, total)` follows the checkpoint bytes read (`total` counts every
     /// tensor in the files, including the few unused ones).
@@ -96,6 +108,21 @@ impl PixelLmModel {
     ) -> Result<Self> {
         let monitor =
             params::LoadMonitor::new(weights.total_bytes() + clip_weights.total_bytes(), progress);
+        Self::build(
+            config,
+            clip_config,
+            &Params::new(weights, device, dtype).with_monitor(&monitor),
+            &Params::new(clip_weights, device, dtype).with_monitor(&monitor),
+        )
+    }
+
+    fn build(
+        config: &PixelLmConfig,
+        clip_config: &ClipVisionConfig,
+        root: &Params,
+        clip: &Params,
+    ) -> Result<Self> {
+        let (device, dtype) = (root.device(), root.dtype());
         if !device.supports_dtype(dtype) {
             return Err(Error::Backend(format!(
                 "this device does not support {dtype:?} tensors; use f32{}",
@@ -126,13 +153,8 @@ impl PixelLmModel {
             ));
         }
         let h = config.llm.hidden_size;
-        let root = Params::new(weights, device, dtype).with_monitor(&monitor);
         let m = root.pp("model");
-        let vision = VisionTower::load(
-            &Params::new(clip_weights, device, dtype),
-            clip_config,
-            config.image_size,
-        )?;
+        let vision = VisionTower::load(clip, clip_config, config.image_size)?;
         Ok(Self {
             vision,
             mm_projector: TwoLayerMlp::load(&m, "mm_projector", (d, 2 * h, h), Activation::Gelu)?,
@@ -142,7 +164,7 @@ impl PixelLmModel {
                 (d, 2 * h, h),
                 Activation::Gelu,
             )?,
-            llm: Llama::load(&root, &config.llm)?,
+            llm: Llama::load(root, &config.llm)?,
             codebook: Codebook::load(&m, h, config.out_dim, 3, config.scales)?,
             neck: ImageFeatureNeck::load(&m, h, config.out_dim)?,
             prompt_encoder: PromptEncoder::load(&m, config.out_dim, grid)?,
@@ -220,8 +242,16 @@ impl PixelLmModel {
     ///
     /// `patch_valid`: `[G²]`, false for patches whose top-left pixel is padding.
     pub fn encode_image(&self, pixels: Tensor<4>, patch_valid: &[bool]) -> ImageFeatures {
-        let key_padding = self.key_padding(patch_valid);
-        let vision = self.vision.forward(pixels, key_padding);
+        self.project_image(self.run_vision(pixels, patch_valid))
+    }
+
+    /// The vision tower alone, with padded patches masked as keys.
+    pub fn run_vision(&self, pixels: Tensor<4>, patch_valid: &[bool]) -> VisionOutput {
+        self.vision.forward(pixels, self.key_padding(patch_valid))
+    }
+
+    /// Projectors and neck on the vision tower's output (spec §6).
+    pub fn project_image(&self, vision: VisionOutput) -> ImageFeatures {
         let (g, lg) = (self.grid(), self.llm_grid());
         let d = self.clip_config.hidden_size;
         let h = self.config.llm.hidden_size;

@@ -6,7 +6,7 @@
 
 use std::cell::{Cell, RefCell};
 
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
 
 use crate::error::Result;
 use crate::weights::WeightFiles;
@@ -35,10 +35,21 @@ impl<'a> LoadMonitor<'a> {
     }
 }
 
+/// Where parameter values come from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// Opened checkpoint files.
+    Files(&'a WeightFiles),
+    /// Seeded random values of any requested shape, created on the device: builds a model
+    /// at real shapes without a checkpoint (benchmarks). Rank-1 tensors (norm weights,
+    /// biases) are ones; matrices are uniform in ±1/√fan_in so activations stay finite.
+    Random,
+}
+
 /// A view of the opened checkpoint files under a key prefix, bound to a device and dtype.
 #[derive(Clone)]
 pub struct Params<'a> {
-    files: &'a WeightFiles,
+    source: Source<'a>,
     device: &'a Device,
     dtype: DType,
     prefix: String,
@@ -49,7 +60,19 @@ impl<'a> Params<'a> {
     /// Root view (empty prefix). Float tensors are created in `dtype` on `device`.
     pub fn new(files: &'a WeightFiles, device: &'a Device, dtype: DType) -> Self {
         Self {
-            files,
+            source: Source::Files(files),
+            device,
+            dtype,
+            prefix: String::new(),
+            monitor: None,
+        }
+    }
+
+    /// Random parameters of whatever shape the model asks for (see `Source::Random`);
+    /// `contains` answers false for `lm_head.weight` only, so tied embeddings stay tied.
+    pub fn random(device: &'a Device, dtype: DType) -> Self {
+        Self {
+            source: Source::Random,
             device,
             dtype,
             prefix: String::new(),
@@ -99,21 +122,36 @@ impl<'a> Params<'a> {
 
     /// Whether the checkpoint holds `name` under this prefix.
     pub fn contains(&self, name: &str) -> bool {
-        self.files.contains(&self.key(name))
+        match self.source {
+            Source::Files(files) => files.contains(&self.key(name)),
+            Source::Random => self.key(name) != "lm_head.weight",
+        }
     }
 
     /// Reads `name` as f32 on the host, checking its shape.
     pub fn host(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let key = self.key(name);
-        let values = self.files.read_f32(&key, shape)?;
+        let files = match self.source {
+            Source::Files(files) => files,
+            Source::Random => return Ok(random_host(&key, shape)),
+        };
+        let values = files.read_f32(&key, shape)?;
         if let Some(m) = self.monitor {
-            m.add(self.files.stored_bytes(&key));
+            m.add(files.stored_bytes(&key));
         }
         Ok(values)
     }
 
     /// Reads `name` onto the device, checking its shape.
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        if let Source::Random = self.source {
+            let options = (self.device, self.dtype);
+            if D == 1 {
+                return Ok(Tensor::ones(shape, options));
+            }
+            let a = 1.0 / (shape[D - 1] as f64).sqrt();
+            return Ok(Tensor::random(shape, Distribution::Uniform(-a, a), options));
+        }
         let values = self.host(name, &shape)?;
         Ok(self.upload(values, shape))
     }
@@ -122,6 +160,27 @@ impl<'a> Params<'a> {
     pub fn upload<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
         upload(values, shape, self.device, self.dtype)
     }
+}
+
+/// Deterministic uniform(±1/√fan_in) host values for `key` (random mode).
+fn random_host(key: &str, shape: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    if shape.len() <= 1 {
+        return vec![1.0; n];
+    }
+    let a = 1.0 / (*shape.last().unwrap_or(&1) as f32).sqrt();
+    // FNV-1a of the name seeds a xorshift: the same model every run, no RNG dependency.
+    let mut state = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    }) | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
+        })
+        .collect()
 }
 
 /// Creates a float tensor of `shape` from host values on `device`, in `dtype`.

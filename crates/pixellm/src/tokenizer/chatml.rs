@@ -89,3 +89,89 @@ fn push_turn(out: &mut String, role: Role, content: &str) {
     out.push_str(IM_END);
     out.push('\n');
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::byte_bpe::ByteBpe;
+    use serde_json::Value;
+    use std::path::Path;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/smollm2")
+            .join(name);
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    fn smollm() -> ByteBpe {
+        ByteBpe::from_tokenizer_json(&fixture("tokenizer.json"), "tokenizer.json").unwrap()
+    }
+
+    fn turns(list: &[(Role, &str)]) -> Vec<(Role, String)> {
+        list.iter().map(|(r, c)| (*r, c.to_string())).collect()
+    }
+
+    #[test]
+    fn reference_prompt_and_ids() {
+        let v: Value = serde_json::from_slice(&fixture("reference_logits.json")).unwrap();
+        let prompt = chatml_prompt(
+            None,
+            &turns(&[(Role::User, "What is the capital of France?")]),
+            true,
+        );
+        assert_eq!(prompt, v["prompt"].as_str().unwrap());
+        let want: Vec<i64> = v["prompt_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect();
+        assert_eq!(smollm().encode(&prompt), want);
+    }
+
+    /// Expected strings rendered by jinja2 (sandboxed, trim_blocks, lstrip_blocks, as
+    /// transformers does) from the GGUF's `tokenizer.chat_template`.
+    #[test]
+    fn matches_the_jinja_template() {
+        let d = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by \
+                 Hugging Face<|im_end|>\n";
+        let multi = turns(&[
+            (Role::User, "Hi"),
+            (Role::Assistant, "Hello!"),
+            (Role::User, "2+2?"),
+        ]);
+        let multi_text =
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
+             <|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n\
+             <|im_start|>assistant\n";
+        assert_eq!(chatml_prompt(Some("Be brief."), &multi, true), multi_text);
+        // The same conversation with the system turn inside `messages`.
+        let mut with_system = turns(&[(Role::System, "Be brief.")]);
+        with_system.extend(multi.iter().cloned());
+        assert_eq!(chatml_prompt(None, &with_system, true), multi_text);
+        assert_eq!(
+            chatml_prompt(None, &multi[..2], false),
+            format!("{d}<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n")
+        );
+        assert_eq!(
+            chatml_prompt(Some(""), &turns(&[(Role::User, "x")]), false),
+            "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nx<|im_end|>\n"
+        );
+        // No messages: the template's loop never runs, so no default system turn.
+        assert_eq!(chatml_prompt(None, &[], true), "<|im_start|>assistant\n");
+        assert_eq!(chatml_prompt(None, &[], false), "");
+        assert_eq!(
+            chatml_prompt(None, &turns(&[(Role::Assistant, "I start.")]), true),
+            format!("{d}<|im_start|>assistant\nI start.<|im_end|>\n<|im_start|>assistant\n")
+        );
+        // Ids from Python `tokenizers` for the multi-turn prompt.
+        assert_eq!(
+            smollm().encode(multi_text),
+            [
+                1, 9690, 198, 6077, 5453, 30, 2, 198, 1, 4093, 198, 26843, 2, 198, 1, 520, 9531,
+                198, 19556, 17, 2, 198, 1, 4093, 198, 34, 27, 34, 47, 2, 198, 1, 520, 9531, 198
+            ]
+        );
+    }
+}

@@ -15,6 +15,8 @@
 //! LLaMA layout) or from `tokenizer.model`; both give the same ids. Added-token ids always
 //! come from `added_tokens.json`, never from tokenizing their text.
 
+pub mod byte_bpe;
+pub mod chatml;
 pub mod prompt;
 mod protobuf;
 pub mod sentencepiece;

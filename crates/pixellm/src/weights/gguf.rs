@@ -741,11 +741,14 @@ impl GgufFile {
     /// The tensor with this GGUF name as `f32`, exactly as stored (rows in GGUF order, no
     /// un-permutation), with its PyTorch-order shape.
     pub fn dequantize(&self, gguf_name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        let &i = self.by_name.get(gguf_name).ok_or_else(|| Error::MissingTensor {
-            name: gguf_name.to_string(),
-            searched: self.source.label.clone(),
-            expected: Vec::new(),
-        })?;
+        let &i = self
+            .by_name
+            .get(gguf_name)
+            .ok_or_else(|| Error::MissingTensor {
+                name: gguf_name.to_string(),
+                searched: self.source.label.clone(),
+                expected: Vec::new(),
+            })?;
         let t = &self.tensors[i];
         let data = self.dequantize_raw(t)?;
         Ok((t.dims(), data))
@@ -808,7 +811,9 @@ impl GgufFile {
                     .as_u64()
                     .and_then(|v| usize::try_from(v).ok())
                     .map(Some)
-                    .ok_or_else(|| err(format!("`{key}` must be a non-negative integer, got {v:?}"))),
+                    .ok_or_else(|| {
+                        err(format!("`{key}` must be a non-negative integer, got {v:?}"))
+                    }),
             }
         };
         let required = |key: &str| -> Result<usize> {
@@ -855,13 +860,18 @@ impl GgufFile {
         let ffn = required("llama.feed_forward_length")?;
         let heads = required("llama.attention.head_count")?;
         let kv_heads = match uint("llama.attention.head_count_kv")? {
-            Some(0) => return Err(err("`llama.attention.head_count_kv` must be positive".into())),
+            Some(0) => {
+                return Err(err(
+                    "`llama.attention.head_count_kv` must be positive".into()
+                ))
+            }
             Some(n) => n,
             None => heads,
         };
         let context = required("llama.context_length")?;
-        let eps = float("llama.attention.layer_norm_rms_epsilon")?
-            .ok_or_else(|| err("metadata `llama.attention.layer_norm_rms_epsilon` is missing".into()))?;
+        let eps = float("llama.attention.layer_norm_rms_epsilon")?.ok_or_else(|| {
+            err("metadata `llama.attention.layer_norm_rms_epsilon` is missing".into())
+        })?;
         let theta = float("llama.rope.freq_base")?.unwrap_or(10000.0);
         if !(eps.is_finite() && eps > 0.0 && theta.is_finite() && theta > 0.0) {
             return Err(err(format!(
@@ -875,7 +885,9 @@ impl GgufFile {
         }
         let head_dim = hidden / heads;
         if head_dim % 2 != 0 {
-            return Err(err(format!("the head size {head_dim} must be even for RoPE")));
+            return Err(err(format!(
+                "the head size {head_dim} must be even for RoPE"
+            )));
         }
         for key in [
             "llama.rope.dimension_count",
@@ -924,28 +936,34 @@ impl GgufFile {
         let string = |key: &str| -> Result<Option<String>> {
             match self.metadata(key) {
                 None => Ok(None),
-                Some(v) => v
-                    .as_str()
-                    .map(|s| Some(s.to_string()))
-                    .ok_or_else(|| err(format!("`{key}` must be a string, got {:?}", v.value_type()))),
+                Some(v) => v.as_str().map(|s| Some(s.to_string())).ok_or_else(|| {
+                    err(format!(
+                        "`{key}` must be a string, got {:?}",
+                        v.value_type()
+                    ))
+                }),
             }
         };
         let array = |key: &str| -> Result<Option<&GgufArray>> {
             match self.metadata(key) {
                 None => Ok(None),
-                Some(v) => v
-                    .as_array()
-                    .map(Some)
-                    .ok_or_else(|| err(format!("`{key}` must be an array, got {:?}", v.value_type()))),
+                Some(v) => v.as_array().map(Some).ok_or_else(|| {
+                    err(format!(
+                        "`{key}` must be an array, got {:?}",
+                        v.value_type()
+                    ))
+                }),
             }
         };
         let strings = |key: &str| -> Result<Option<Vec<String>>> {
             match array(key)? {
                 None => Ok(None),
-                Some(a) => a
-                    .as_strings()
-                    .map(|s| Some(s.to_vec()))
-                    .ok_or_else(|| err(format!("`{key}` must be an array of strings, got an array of {:?}", a.item_type()))),
+                Some(a) => a.as_strings().map(|s| Some(s.to_vec())).ok_or_else(|| {
+                    err(format!(
+                        "`{key}` must be an array of strings, got an array of {:?}",
+                        a.item_type()
+                    ))
+                }),
             }
         };
         let id = |key: &str| -> Result<Option<u32>> {
@@ -1167,12 +1185,15 @@ pub fn hf_name_of(gguf_name: &str) -> Option<String> {
 /// (pairs rotated together by ggml's RoPE) goes back to row `j·head_dim/2 + i` (halves
 /// rotated together by `rotate_half`). `data` is `[rows, cols]` row-major.
 fn unpermute_rows(data: &[f32], rows: usize, n_heads: usize) -> Result<Vec<f32>, String> {
-    if n_heads == 0 || rows % (2 * n_heads) != 0 {
+    if n_heads
+        .checked_mul(2)
+        .is_none_or(|h2| h2 == 0 || !rows.is_multiple_of(h2))
+    {
         return Err(format!(
             "{rows} rows cannot be split into {n_heads} heads of even size to undo llama.cpp's RoPE permutation"
         ));
     }
-    let cols = if rows == 0 { 0 } else { data.len() / rows };
+    let cols = data.len().checked_div(rows).unwrap_or(0);
     if cols.checked_mul(rows) != Some(data.len()) {
         return Err(format!("{} values do not form {rows} rows", data.len()));
     }
@@ -1253,7 +1274,8 @@ impl<'a> Reader<'a> {
     fn name(&mut self, what: &str) -> Result<String, String> {
         let at = self.pos;
         let b = self.bytes(what)?;
-        String::from_utf8(b.to_vec()).map_err(|_| format!("{what} at offset {at} is not valid UTF-8"))
+        String::from_utf8(b.to_vec())
+            .map_err(|_| format!("{what} at offset {at} is not valid UTF-8"))
     }
 
     /// A metadata string value (lossy, see [`GgufFile`]).
@@ -1266,7 +1288,8 @@ impl<'a> Reader<'a> {
 fn value_type(r: &mut Reader<'_>, what: &str) -> Result<GgufValueType, String> {
     let at = r.pos;
     let id = r.u32(what)?;
-    GgufValueType::from_id(id).ok_or_else(|| format!("{what} at offset {at}: unknown value type {id}"))
+    GgufValueType::from_id(id)
+        .ok_or_else(|| format!("{what} at offset {at}: unknown value type {id}"))
 }
 
 fn read_value(r: &mut Reader<'_>, ty: GgufValueType, key: &str) -> Result<GgufValue, String> {
@@ -1327,20 +1350,28 @@ fn read_array(r: &mut Reader<'_>, key: &str, depth: usize) -> Result<GgufArray, 
             ))
         }
     };
-    let fixed_bytes = |r: &mut Reader<'_>| r.take(n * ty.min_size(), key);
+    // Fixed-size elements: one bounds-checked slice (n · size fits, checked above).
+    fn raw<'a>(
+        r: &mut Reader<'a>,
+        n: usize,
+        ty: GgufValueType,
+        key: &str,
+    ) -> Result<&'a [u8], String> {
+        r.take(n * ty.min_size(), key)
+    }
     Ok(match ty {
-        GgufValueType::U8 => GgufArray::U8(fixed_bytes(r)?.to_vec()),
-        GgufValueType::I8 => GgufArray::I8(fixed(fixed_bytes(r)?, i8::from_le_bytes)),
-        GgufValueType::U16 => GgufArray::U16(fixed(fixed_bytes(r)?, u16::from_le_bytes)),
-        GgufValueType::I16 => GgufArray::I16(fixed(fixed_bytes(r)?, i16::from_le_bytes)),
-        GgufValueType::U32 => GgufArray::U32(fixed(fixed_bytes(r)?, u32::from_le_bytes)),
-        GgufValueType::I32 => GgufArray::I32(fixed(fixed_bytes(r)?, i32::from_le_bytes)),
-        GgufValueType::U64 => GgufArray::U64(fixed(fixed_bytes(r)?, u64::from_le_bytes)),
-        GgufValueType::I64 => GgufArray::I64(fixed(fixed_bytes(r)?, i64::from_le_bytes)),
-        GgufValueType::F32 => GgufArray::F32(fixed(fixed_bytes(r)?, f32::from_le_bytes)),
-        GgufValueType::F64 => GgufArray::F64(fixed(fixed_bytes(r)?, f64::from_le_bytes)),
+        GgufValueType::U8 => GgufArray::U8(raw(r, n, ty, key)?.to_vec()),
+        GgufValueType::I8 => GgufArray::I8(fixed(raw(r, n, ty, key)?, i8::from_le_bytes)),
+        GgufValueType::U16 => GgufArray::U16(fixed(raw(r, n, ty, key)?, u16::from_le_bytes)),
+        GgufValueType::I16 => GgufArray::I16(fixed(raw(r, n, ty, key)?, i16::from_le_bytes)),
+        GgufValueType::U32 => GgufArray::U32(fixed(raw(r, n, ty, key)?, u32::from_le_bytes)),
+        GgufValueType::I32 => GgufArray::I32(fixed(raw(r, n, ty, key)?, i32::from_le_bytes)),
+        GgufValueType::U64 => GgufArray::U64(fixed(raw(r, n, ty, key)?, u64::from_le_bytes)),
+        GgufValueType::I64 => GgufArray::I64(fixed(raw(r, n, ty, key)?, i64::from_le_bytes)),
+        GgufValueType::F32 => GgufArray::F32(fixed(raw(r, n, ty, key)?, f32::from_le_bytes)),
+        GgufValueType::F64 => GgufArray::F64(fixed(raw(r, n, ty, key)?, f64::from_le_bytes)),
         GgufValueType::Bool => GgufArray::Bool(
-            fixed_bytes(r)?
+            raw(r, n, ty, key)?
                 .iter()
                 .map(|&b| bool_byte(b, key))
                 .collect::<Result<_, _>>()?,
@@ -1429,7 +1460,10 @@ fn parse_inner(source: Arc<Source>) -> Result<GgufFile, String> {
         metadata.push((key, value));
     }
 
-    let alignment = match metadata_index.get("general.alignment").map(|&i| &metadata[i].1) {
+    let alignment = match metadata_index
+        .get("general.alignment")
+        .map(|&i| &metadata[i].1)
+    {
         None => DEFAULT_ALIGNMENT,
         // The spec says u32; any non-negative integer type is accepted, as only the value
         // matters.
@@ -1464,7 +1498,10 @@ fn parse_inner(source: Arc<Source>) -> Result<GgufFile, String> {
         let mut ne = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
             let d = r.u64(&name)?;
-            ne.push(usize::try_from(d).map_err(|_| format!("tensor `{name}`: dimension {d} is too large"))?);
+            ne.push(
+                usize::try_from(d)
+                    .map_err(|_| format!("tensor `{name}`: dimension {d} is too large"))?,
+            );
         }
         let at = r.pos;
         let type_id = r.u32(&name)?;
@@ -1574,18 +1611,23 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 /// Converts `numel` elements of type `ty` held in exactly `bytes` to `f32`.
 pub(crate) fn dequantize(ty: GgmlType, bytes: &[u8], numel: usize) -> Result<Vec<f32>, String> {
     let (block, size) = (ty.block_size(), ty.type_size());
-    if numel % block != 0 || (numel / block).checked_mul(size) != Some(bytes.len()) {
+    if !numel.is_multiple_of(block) || (numel / block).checked_mul(size) != Some(bytes.len()) {
         return Err(format!(
             "{} bytes do not hold {numel} elements of {ty}",
             bytes.len()
         ));
     }
     if !ty.can_dequantize() {
-        return Err(if matches!(ty, GgmlType::I8 | GgmlType::I16 | GgmlType::I32 | GgmlType::I64) {
-            format!("dtype {ty} is not a float type")
-        } else {
-            format!("ggml type {ty} cannot be dequantised by this reader")
-        });
+        return Err(
+            if matches!(
+                ty,
+                GgmlType::I8 | GgmlType::I16 | GgmlType::I32 | GgmlType::I64
+            ) {
+                format!("dtype {ty} is not a float type")
+            } else {
+                format!("ggml type {ty} cannot be dequantised by this reader")
+            },
+        );
     }
     let mut out = Vec::with_capacity(numel);
     let blocks = bytes.chunks_exact(size);
@@ -1655,7 +1697,11 @@ pub(crate) fn dequantize(ty: GgmlType, bytes: &[u8], numel: usize) -> Result<Vec
         GgmlType::Q4_K => blocks.for_each(|b| dequant_q4_k(b, &mut out)),
         GgmlType::Q5_K => blocks.for_each(|b| dequant_q5_k(b, &mut out)),
         GgmlType::Q6_K => blocks.for_each(|b| dequant_q6_k(b, &mut out)),
-        _ => return Err(format!("ggml type {ty} cannot be dequantised by this reader")),
+        _ => {
+            return Err(format!(
+                "ggml type {ty} cannot be dequantised by this reader"
+            ))
+        }
     }
     Ok(out)
 }
@@ -1742,12 +1788,16 @@ fn dequant_q5_k(b: &[u8], out: &mut Vec<f32>) {
         let (d1, m1) = (d * f32::from(sc1), min * f32::from(m1));
         let (d2, m2) = (d * f32::from(sc2), min * f32::from(m2));
         let (u1, u2) = (1u8 << (2 * k), 2u8 << (2 * k));
-        out.extend(ql.iter().zip(qh).map(|(&x, &h)| {
-            d1 * f32::from((x & 0xF) + if h & u1 != 0 { 16 } else { 0 }) - m1
-        }));
-        out.extend(ql.iter().zip(qh).map(|(&x, &h)| {
-            d2 * f32::from((x >> 4) + if h & u2 != 0 { 16 } else { 0 }) - m2
-        }));
+        out.extend(
+            ql.iter()
+                .zip(qh)
+                .map(|(&x, &h)| d1 * f32::from((x & 0xF) + if h & u1 != 0 { 16 } else { 0 }) - m1),
+        );
+        out.extend(
+            ql.iter()
+                .zip(qh)
+                .map(|(&x, &h)| d2 * f32::from((x >> 4) + if h & u2 != 0 { 16 } else { 0 }) - m2),
+        );
     }
 }
 

@@ -1,4 +1,5 @@
-//! Bounds-checked readers for checkpoint files: safetensors and `torch.save` zip archives.
+//! Bounds-checked readers for checkpoint files: safetensors, `torch.save` zip archives and
+//! GGUF (llama architecture, served under Hugging Face LLaMA names, see [`gguf`]).
 //!
 //! Nothing here trusts a length, offset, shape or stride found in a file: every one is
 //! checked against the real byte size before anything is sliced or allocated, so a corrupt
@@ -8,6 +9,7 @@
 //! Tensors are located when a file is opened and their bytes are read (and converted to
 //! `f32`) only when asked for, straight from a memory map for files on disk.
 
+pub mod gguf;
 mod layout;
 mod pickle;
 mod safetensors;
@@ -76,6 +78,10 @@ pub struct WeightFiles {
     tensors: HashMap<String, Entry>,
     /// Labels of the files opened so far, in order, for "not found in ..." messages.
     files: Vec<String>,
+    /// Opened GGUF files. Their tensors are also in `tensors` (for names, shapes and byte
+    /// regions) but are read through these, which dequantise and un-permute; an entry
+    /// belongs to the GGUF file whose source it shares.
+    gguf: Vec<Arc<gguf::GgufFile>>,
 }
 
 impl fmt::Debug for WeightFiles {
@@ -91,11 +97,16 @@ impl fmt::Debug for WeightFiles {
 enum Kind {
     SafeTensors,
     TorchZip,
+    Gguf,
 }
 
 fn sniff(label: &str, bytes: &[u8]) -> Result<Kind> {
     if bytes.is_empty() {
         return Err(Error::format(label, "file is empty"));
+    }
+    // Before the safetensors test: a GGUF tensor count of 123 puts '{' at byte 8.
+    if bytes.starts_with(b"GGUF") {
+        return Ok(Kind::Gguf);
     }
     // Zip local-file header, or the end-of-central-directory record of an empty zip.
     if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
@@ -115,7 +126,7 @@ fn sniff(label: &str, bytes: &[u8]) -> Result<Kind> {
     }
     Err(Error::format(
         label,
-        "unrecognised checkpoint format: expected safetensors or a torch.save zip archive",
+        "unrecognised checkpoint format: expected safetensors, a torch.save zip archive or GGUF",
     ))
 }
 
@@ -125,8 +136,14 @@ impl WeightFiles {
         Self::default()
     }
 
-    /// Opens one checkpoint file: safetensors or a `torch.save` zip (`.bin`/`.pt`/`.pth`),
-    /// recognised by its magic bytes, not its extension.
+    /// Opens one checkpoint file: safetensors, a `torch.save` zip (`.bin`/`.pt`/`.pth`) or
+    /// a llama-architecture GGUF, recognised by its magic bytes, not its extension.
+    ///
+    /// GGUF tensors are registered under their Hugging Face LLaMA names
+    /// (`model.layers.0.self_attn.q_proj.weight`, ...); [`WeightFiles::info`] reports the
+    /// PyTorch-order shape and, for block formats, `StoredDType::Other("Q4_1")` etc.;
+    /// [`WeightFiles::read_f32`] dequantises and un-permutes q/k rows (see
+    /// [`gguf::GgufFile::read_f32_hf`]).
     pub fn open(path: &Path) -> Result<Self> {
         let label = path.display().to_string();
         let bytes = map_file(path)?;
@@ -143,13 +160,24 @@ impl WeightFiles {
     }
 
     fn from_source(source: Arc<Source>) -> Result<Self> {
+        let mut gguf_files = Vec::new();
         let entries = match sniff(&source.label, source.bytes.as_slice())? {
             Kind::SafeTensors => safetensors::parse(&source)?,
             Kind::TorchZip => pickle::parse_torch_zip(&source)?,
+            Kind::Gguf => {
+                let file = gguf::GgufFile::from_source(source.clone())?;
+                // Only llama names and layouts are mapped; anything else would surface as
+                // a confusing missing-tensor error later.
+                file.require_llama()?;
+                let entries = file.entries();
+                gguf_files.push(Arc::new(file));
+                entries
+            }
         };
         let mut out = WeightFiles {
             tensors: HashMap::with_capacity(entries.len()),
             files: vec![source.label.clone()],
+            gguf: gguf_files,
         };
         for (name, entry) in entries {
             layout::validate(&entry).map_err(|msg| Error::Tensor {
@@ -251,6 +279,11 @@ impl WeightFiles {
                 self.files.push(f);
             }
         }
+        for g in other.gguf {
+            if !self.gguf.iter().any(|x| Arc::ptr_eq(x, &g)) {
+                self.gguf.push(g);
+            }
+        }
         self.tensors.extend(other.tensors);
     }
 
@@ -288,10 +321,16 @@ impl WeightFiles {
 
     /// Bytes `name` occupies in its file (0 if unknown).
     pub fn stored_bytes(&self, name: &str) -> u64 {
-        self.info(name).map_or(0, |i| {
-            let n: usize = i.shape.iter().product();
-            (n * i.dtype.size().unwrap_or(0)) as u64
-        })
+        let Some(entry) = self.tensors.get(name) else {
+            return 0;
+        };
+        if self.gguf_of(entry).is_some() {
+            // A GGUF entry's region is exactly its (possibly quantised) bytes.
+            return entry.region_len as u64;
+        }
+        let i = &entry.info;
+        let n: usize = i.shape.iter().product();
+        (n * i.dtype.size().unwrap_or(0)) as u64
     }
 
     /// Bytes of every tensor in the opened files.
@@ -322,6 +361,9 @@ impl WeightFiles {
                 ),
             });
         }
+        if let Some(g) = self.gguf_of(entry) {
+            return g.read_f32_hf(name, expected_shape);
+        }
         layout::read_f32(entry).map_err(|msg| Error::Tensor {
             file: entry.source.label.clone(),
             name: name.to_string(),
@@ -332,12 +374,24 @@ impl WeightFiles {
     /// Reads a float tensor as `f32` without a shape check; returns its shape too.
     pub fn read_f32_any(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let entry = self.entry(name, &[])?;
+        if let Some(g) = self.gguf_of(entry) {
+            let data = g.read_f32_hf(name, &entry.info.shape)?;
+            return Ok((entry.info.shape.clone(), data));
+        }
         let data = layout::read_f32(entry).map_err(|msg| Error::Tensor {
             file: entry.source.label.clone(),
             name: name.to_string(),
             msg,
         })?;
         Ok((entry.info.shape.clone(), data))
+    }
+
+    /// The GGUF file an entry came from, if any (matched by its shared source).
+    fn gguf_of(&self, entry: &Entry) -> Option<&gguf::GgufFile> {
+        self.gguf
+            .iter()
+            .find(|g| Arc::ptr_eq(g.source(), &entry.source))
+            .map(|g| &**g)
     }
 
     fn entry(&self, name: &str, expected: &[usize]) -> Result<&Entry> {
