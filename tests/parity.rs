@@ -50,8 +50,7 @@ fn cases() -> &'static [Case] {
 /// own thread pools / GPU queues, and eight tests fighting over two cores is ten times
 /// slower than taking turns.
 fn each(mut f: impl FnMut(&str, &PixelLm, &Case)) {
-    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = turn();
     assert!(!models().is_empty(), "no backend available");
     for (b, m) in models() {
         for c in cases() {

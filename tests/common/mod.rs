@@ -210,3 +210,10 @@ pub fn backends() -> &'static [(Backend, Device)] {
         out
     })
 }
+
+/// Serialises the heavy tests of one binary: backends run their own thread pools / GPU
+/// queues, and several tests fighting over two cores are far slower than taking turns.
+pub fn turn() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}

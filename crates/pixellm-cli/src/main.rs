@@ -34,6 +34,27 @@ enum Command {
     Devices,
     /// Time every stage at real model shapes with random weights (no checkpoint needed).
     Bench(BenchArgs),
+    /// Chat with a LLaMA-architecture GGUF model (e.g. SmolLM2-135M-Instruct); without a
+    /// question, an interactive session on stdin.
+    Chat(ChatArgs),
+}
+
+#[derive(clap::Args)]
+struct ChatArgs {
+    /// The .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    /// cpu, wgpu, vulkan, metal or cuda.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Generation budget per reply.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// The question; omit it for an interactive session.
+    question: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -105,6 +126,7 @@ fn main() -> ExitCode {
         Command::Segment(args) => segment(args),
         Command::Devices => devices(),
         Command::Bench(args) => bench(args),
+        Command::Chat(args) => chat(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -208,6 +230,51 @@ fn bench(args: BenchArgs) -> pixellm::Result<()> {
         json["backend"] = backend.name().into();
         let text = serde_json::to_string_pretty(&json).expect("JSON values serialise");
         std::fs::write(&path, text).map_err(|e| pixellm::Error::io(path, e))?;
+    }
+    Ok(())
+}
+
+fn chat(args: ChatArgs) -> pixellm::Result<()> {
+    use pixellm::tokenizer::chatml::Role;
+    use std::io::BufRead;
+
+    let backend: Backend = args.backend.parse()?;
+    let precision: Precision = args.dtype.parse()?;
+    let device = backend.device()?;
+    eprint!("loading {}… ", args.model.display());
+    PROGRESS_LINE_OPEN.store(true, Ordering::Relaxed);
+    let model = pixellm::chat::ChatModel::load_gguf(&args.model, &device, precision.dtype())?;
+    PROGRESS_LINE_OPEN.store(false, Ordering::Relaxed);
+    eprintln!("done");
+    let mut history: Vec<(Role, String)> = Vec::new();
+    let ask = |question: String, history: &mut Vec<(Role, String)>| -> pixellm::Result<()> {
+        history.push((Role::User, question));
+        let mut stdout = std::io::stdout();
+        let reply = model.reply(history, args.max_new_tokens, &mut |piece| {
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+        })?;
+        println!();
+        eprintln!(
+            "[{} prompt tokens, prefill {:.0} ms; {} tokens at {:.1} tokens/s]",
+            reply.prompt_tokens,
+            reply.prefill_ms,
+            reply.ids.len(),
+            reply.tokens_per_s()
+        );
+        history.push((Role::Assistant, reply.text));
+        Ok(())
+    };
+    if let Some(q) = args.question {
+        return ask(q, &mut history);
+    }
+    eprintln!("interactive chat: one message per line, an empty line or end of input quits");
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(|e| pixellm::Error::io("<stdin>", e))?;
+        if line.trim().is_empty() {
+            break;
+        }
+        ask(line, &mut history)?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod chat;
 pub mod config;
 pub mod error;
 pub mod generate;
