@@ -18,6 +18,19 @@ use crate::model::llm::{KvCache, Llama};
 pub fn greedy(
     llm: &Llama,
     cache: &mut KvCache,
+    last: Tensor<2>,
+    max_new_tokens: usize,
+    stop: &[i64],
+    on_token: &mut dyn FnMut(i64, &Tensor<2>),
+) -> Result<Vec<i64>> {
+    futures_lite::future::block_on(greedy_async(llm, cache, last, max_new_tokens, stop, on_token))
+}
+
+/// [`greedy`] for callers that must not block (a browser: WebGPU has no synchronous
+/// readback). The only difference is how the token id is read back.
+pub async fn greedy_async(
+    llm: &Llama,
+    cache: &mut KvCache,
     mut last: Tensor<2>,
     max_new_tokens: usize,
     stop: &[i64],
@@ -27,7 +40,7 @@ pub fn greedy(
     let h = llm.config().hidden_size;
     let mut ids = Vec::new();
     while ids.len() < max_new_tokens {
-        let id = argmax(llm.logits(last.clone()))?;
+        let id = argmax_async(llm.logits(last.clone())).await?;
         ids.push(id);
         on_token(id, &last);
         if stop.contains(&id) || cache.remaining() == 0 {
@@ -41,8 +54,12 @@ pub fn greedy(
 }
 
 /// Index of the largest logit of `[1, V]` logits: the one host read per generated token.
-pub fn argmax(logits: Tensor<2>) -> Result<i64> {
-    let data = logits.argmax(1).into_data();
+pub async fn argmax_async(logits: Tensor<2>) -> Result<i64> {
+    let data = logits
+        .argmax(1)
+        .into_data_async()
+        .await
+        .map_err(|e| Error::Backend(format!("reading the next token id: {e:?}")))?;
     let ids = data
         .convert::<i64>()
         .try_to_vec::<i64>()

@@ -8,7 +8,7 @@ use web_time::Instant;
 
 use crate::config::{resolve_vision_tower, ClipVisionConfig, PixelLmConfig};
 use crate::error::{Error, Result};
-use crate::generate::greedy;
+use crate::generate::greedy_async;
 use crate::image::{self as img, ClipInput, RgbImage};
 use crate::model::llm::KvCache;
 use crate::model::{image_position, ImageFeatures, PixelLmModel};
@@ -126,6 +126,8 @@ impl<'a> Stopwatch<'a> {
     }
 
     fn lap(&mut self, name: &str) {
+        // A browser cannot block on the GPU; there the lap includes queued work only.
+        #[cfg(not(target_family = "wasm"))]
         let _ = self.device.sync();
         let now = Instant::now();
         self.laps
@@ -234,6 +236,17 @@ impl PixelLm {
         request: &SegmentRequest,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Segmentation> {
+        futures_lite::future::block_on(self.segment_async(image, request, on_text))
+    }
+
+    /// [`PixelLm::segment`] without blocking: the same code, with the host reads awaited
+    /// (the browser build has no synchronous GPU readback).
+    pub async fn segment_async(
+        &self,
+        image: &RgbImage,
+        request: &SegmentRequest,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Segmentation> {
         let device = self.model.device().clone();
         let mut clock = Stopwatch::new(&device);
         let input = self.preprocess(image)?;
@@ -246,14 +259,17 @@ impl PixelLm {
         let prompt = llava_v1_prompt(&request.question, None);
         let prompt_ids = self.tokenizer.encode_with_image(&prompt);
         let (text, token_ids, seg_hidden) = match &request.answer {
-            None => self.generate(
-                &prompt_ids,
-                &features,
-                &input,
-                request.max_new_tokens,
-                on_text,
-                &mut clock,
-            )?,
+            None => {
+                self.generate(
+                    &prompt_ids,
+                    &features,
+                    &input,
+                    request.max_new_tokens,
+                    on_text,
+                    &mut clock,
+                )
+                .await?
+            }
             Some(answer) => {
                 let full = self
                     .tokenizer
@@ -289,8 +305,8 @@ impl PixelLm {
                 let out = self.model.decode_masks(hidden, &features.decoder_features);
                 clock.lap("pixel decoder");
                 let logits = self.model.postprocess(out.low_res.clone(), input.resized, input.original);
-                seg.masks = read_f32(logits)?;
-                seg.low_res_masks = read_f32(out.low_res)?;
+                seg.masks = read_f32_async(logits).await?;
+                seg.low_res_masks = read_f32_async(out.low_res).await?;
                 for i in 0..k / per {
                     let m = seg.mask(i);
                     let stats = img::mask_stats(m, w0, h0);
@@ -326,14 +342,14 @@ impl PixelLm {
 
     /// Greedy generation with a KV cache. Returns the text, the generated ids and the
     /// hidden states that predicted each codebook token (`[K, H]`, `None` if `K = 0`).
-    fn generate(
+    async fn generate(
         &self,
         ids: &[i64],
         features: &ImageFeatures,
         input: &ClipInput,
         max_new_tokens: usize,
         on_text: &mut dyn FnMut(&str),
-        clock: &mut Stopwatch,
+        clock: &mut Stopwatch<'_>,
     ) -> Result<(String, Vec<i64>, Option<Tensor<2>>)> {
         let llm = self.model.llm();
         let device = self.model.device();
@@ -362,7 +378,7 @@ impl PixelLm {
 
         let mut stream = StreamDecoder::new();
         let (mut seg_states, mut text) = (Vec::new(), String::new());
-        let generated = greedy(
+        let generated = greedy_async(
             llm,
             &mut cache,
             last,
@@ -378,7 +394,8 @@ impl PixelLm {
                     text.push_str(&piece);
                 }
             },
-        )?;
+        )
+        .await?;
         let tail = stream.finish();
         if !tail.is_empty() {
             on_text(&tail);
@@ -448,7 +465,14 @@ fn ms_since(t: Instant) -> f64 {
 
 /// Reads a float tensor back to the host as f32.
 pub fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    t.into_data()
+    futures_lite::future::block_on(read_f32_async(t))
+}
+
+/// [`read_f32`] without blocking.
+pub async fn read_f32_async<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data_async()
+        .await
+        .map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))?
         .convert::<f32>()
         .try_to_vec::<f32>()
         .map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))
