@@ -268,8 +268,20 @@ fn check(case: &Case, ctx: &Ctx, o: &Outcome) -> (Vec<String>, String) {
                     shown = last.to_string();
                 }
             }
-            if out.exists() {
-                problems.push(format!("{} exists after a failure", out.display()));
+            match &ctx.run.out_file {
+                Some(bytes) => {
+                    if std::fs::read(out).ok().as_ref() != Some(bytes) {
+                        problems.push(format!(
+                            "the file at {} was not left as it was",
+                            out.display()
+                        ));
+                    }
+                }
+                None => {
+                    if out.exists() {
+                        problems.push(format!("{} exists after a failure", out.display()));
+                    }
+                }
             }
         }
         Expect::Ok => {

@@ -54,6 +54,8 @@ pub struct Run {
     pub out: PathBuf,
     /// Files that must not exist after the run (e.g. what a pickle payload would create).
     pub must_not_exist: Vec<PathBuf>,
+    /// A file already at `out` that a failed run must leave as it was.
+    pub out_file: Option<Vec<u8>>,
     /// For [`Expect::Ok`]: image size (width, height) and number of targets.
     pub size: (u32, u32),
     pub targets: usize,
@@ -88,6 +90,7 @@ impl Ctx {
             env: Vec::new(),
             out: dir.join("out"),
             must_not_exist: Vec::new(),
+            out_file: None,
             size: (300, 500),
             targets: 2,
         };
@@ -1477,6 +1480,18 @@ pub fn cases() -> Vec<Case> {
             );
             c.run.out = c.dir.join("blocker").join("out");
         }),
+        case!(
+            "out_is_an_existing_file",
+            E(&["user-file.txt", "not a directory|is a file|already exists"]),
+            |c| {
+                // --out names a user's file: refuse, and leave the file where and as it is
+                // (no hidden `.user-file.txt.*` copy next to it).
+                c.run.out = c.dir.join("user-file.txt");
+                let bytes = b"a user's file, not an output directory".to_vec();
+                put(&c.run.out, &bytes);
+                c.run.out_file = Some(bytes);
+            }
+        ),
     ]
 }
 

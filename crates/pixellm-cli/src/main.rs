@@ -144,6 +144,7 @@ fn main() -> ExitCode {
 fn segment(args: SegmentArgs) -> pixellm::Result<()> {
     let backend: Backend = args.backend.parse()?;
     let precision: Precision = args.dtype.parse()?;
+    output::check_target(&args.out)?;
     let device = backend.device()?;
     let image = pixellm::image::load_image(&args.image)?;
     let mut shown = 0;

@@ -9,6 +9,21 @@ use pixellm::image::{mask_png, overlay_png, RgbImage};
 use pixellm::{Error, Result, Segmentation};
 use serde_json::json;
 
+/// Refuses an `--out` that exists and is not a directory (a user's file is never
+/// replaced); checked before any work and again before writing.
+pub fn check_target(out: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(out) {
+        Ok(m) if !m.is_dir() => Err(Error::io(
+            out,
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "--out already exists and is not a directory (refusing to replace a file)",
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Writes `result.json`, `mask_NN.png`, `overlay.png` and optionally `logits.safetensors`.
 pub fn write(
     out: &Path,
@@ -23,6 +38,7 @@ pub fn write(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    check_target(out)?;
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

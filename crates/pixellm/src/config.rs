@@ -60,6 +60,9 @@ pub struct PixelLmConfig {
     pub vision_select_layer: i64,
     /// Number of visual scales (`image_feature_scale_num`, hard-coded 2 in PixelLM).
     pub scales: usize,
+    /// Shape-defining LLaMA fields absent from `config.json` (their Hugging Face defaults
+    /// apply); named in shape-mismatch errors, where a missing field is the likely cause.
+    pub defaulted: Vec<&'static str>,
 }
 
 /// CLIP vision-tower hyper-parameters (HF `CLIPVisionConfig`).
@@ -132,6 +135,12 @@ fn parse_json(bytes: &[u8], label: &str) -> Result<Value> {
         return Err(Error::config(label, "expected a JSON object"));
     }
     Ok(v)
+}
+
+/// Deserialises a config object, naming the offending field on a type error.
+fn typed<T: serde::de::DeserializeOwned>(v: Value, label: &str) -> Result<T> {
+    serde_path_to_error::deserialize(v)
+        .map_err(|e| Error::config(label, format!("field `{}`: {}", e.path(), e.inner())))
 }
 
 fn positive(label: &str, field: &str, v: usize) -> Result<usize> {
@@ -214,8 +223,7 @@ impl PixelLmConfig {
     }
 
     fn from_value(v: Value, label: &str) -> Result<Self> {
-        let h: HfLlama = serde_json::from_value(v)
-            .map_err(|e| Error::config(label, format!("unexpected field type: {e}")))?;
+        let h: HfLlama = typed(v, label)?;
         let select = h.mm_vision_select_layer.unwrap_or(-2);
         if select != -2 {
             return Err(Error::config(
@@ -242,6 +250,16 @@ impl PixelLmConfig {
             vision_tower: h.vision_tower.clone().or(h.mm_vision_tower.clone()),
             vision_select_layer: select,
             scales,
+            defaulted: [
+                ("hidden_size", h.hidden_size.is_none()),
+                ("intermediate_size", h.intermediate_size.is_none()),
+                ("num_hidden_layers", h.num_hidden_layers.is_none()),
+                ("num_attention_heads", h.num_attention_heads.is_none()),
+                ("vocab_size", h.vocab_size.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(name, missing)| missing.then_some(name))
+            .collect(),
         })
     }
 }
@@ -265,8 +283,7 @@ impl ClipVisionConfig {
             (_, Some(c)) if c.is_object() => c.clone(),
             _ => v,
         };
-        let h: HfClipVision = serde_json::from_value(vision)
-            .map_err(|e| Error::config(label, format!("unexpected field type: {e}")))?;
+        let h: HfClipVision = typed(vision, label)?;
         if let Some(act) = &h.hidden_act {
             if act != "quick_gelu" {
                 return Err(Error::config(

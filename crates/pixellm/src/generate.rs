@@ -23,7 +23,14 @@ pub fn greedy(
     stop: &[i64],
     on_token: &mut dyn FnMut(i64, &Tensor<2>),
 ) -> Result<Vec<i64>> {
-    futures_lite::future::block_on(greedy_async(llm, cache, last, max_new_tokens, stop, on_token))
+    futures_lite::future::block_on(greedy_async(
+        llm,
+        cache,
+        last,
+        max_new_tokens,
+        stop,
+        on_token,
+    ))
 }
 
 /// [`greedy`] for callers that must not block (a browser: WebGPU has no synchronous

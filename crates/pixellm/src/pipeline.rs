@@ -477,3 +477,62 @@ pub async fn read_f32_async<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
         .try_to_vec::<f32>()
         .map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))
 }
+
+/// Display names of the `n` targets, from the words before each codebook group in the
+/// answer ("Sure, the dog is [SEG0] … [SEG5] and the cat is [SEG0] …" gives `the dog`,
+/// `the cat`); `target i` where the text names nothing.
+pub fn target_names(text: &str, n: usize) -> Vec<String> {
+    let mut names = Vec::with_capacity(n);
+    let mut rest = text;
+    for i in 0..n {
+        let name = match rest.find("[SEG0]") {
+            Some(start) => {
+                let name = clean_name(&rest[..start]);
+                // Skip past this group's last codebook token.
+                let after = &rest[start..];
+                let end = after.find("[SEG5]").map_or(6, |p| p + 6);
+                rest = &after[end.min(after.len())..];
+                name
+            }
+            None => String::new(),
+        };
+        names.push(if name.is_empty() {
+            format!("target {i}")
+        } else {
+            name
+        });
+    }
+    names
+}
+
+fn clean_name(chunk: &str) -> String {
+    let mut s = chunk.trim();
+    for suffix in [" is", " are", ":", " -", "="] {
+        s = s.strip_suffix(suffix).unwrap_or(s).trim_end();
+    }
+    // The clause right before the group: after the last comma / "and".
+    if let Some(p) = s.rfind(", ") {
+        s = &s[p + 2..];
+    }
+    for prefix in ["and ", ". ", "."] {
+        s = s.strip_prefix(prefix).unwrap_or(s);
+    }
+    s.trim_matches(|c: char| c.is_whitespace() || c == ',' || c == '.')
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::target_names;
+
+    #[test]
+    fn names_come_from_the_answer() {
+        let text = "Sure, the red square is [SEG0] [SEG1] [SEG2] [SEG3] [SEG4] [SEG5] and the blue circle is [SEG0] [SEG1] [SEG2] [SEG3] [SEG4] [SEG5].";
+        assert_eq!(target_names(text, 2), ["the red square", "the blue circle"]);
+        assert_eq!(
+            target_names("[SEG0][SEG1][SEG2][SEG3][SEG4][SEG5]", 1),
+            ["target 0"]
+        );
+        assert_eq!(target_names("no groups", 2), ["target 0", "target 1"]);
+    }
+}

@@ -16,7 +16,7 @@
 //! dimensions exceed [`DecodeLimits`] is refused before its pixel buffer exists.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Cursor, Seek};
+use std::io::{BufRead, BufReader, Cursor, Seek, SeekFrom};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
@@ -146,10 +146,12 @@ fn decode_reader<R: BufRead + Seek>(
 }
 
 fn decode_inner<R: BufRead + Seek>(
-    reader: R,
+    mut reader: R,
     label: &str,
     limits: &DecodeLimits,
 ) -> Result<RgbImage> {
+    // Checked now, reported after the size checks (a decompression bomb is "too large").
+    let truncated_jpeg = jpeg_truncation(&mut reader, label)?;
     let mut reader = ImageReader::new(reader)
         .with_guessed_format()
         .map_err(|e| image_error(label, format!("cannot read: {e}")))?;
@@ -179,11 +181,74 @@ fn decode_inner<R: BufRead + Seek>(
             ),
         ));
     }
+    if let Some(len) = truncated_jpeg {
+        return Err(image_error(
+            label,
+            format!(
+                "truncated JPEG: the data ends after {len} bytes without an end-of-image marker"
+            ),
+        ));
+    }
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder)
         .map_err(|e| image_error(label, describe(&e, limits)))?;
     img.apply_orientation(orientation);
     Ok(to_rgb8(img))
+}
+
+/// The length of a JPEG whose data stops before its end-of-image marker (`None` for a
+/// complete JPEG or another format). The decoder would fill the missing rows with grey
+/// and succeed (as libjpeg does, with only a warning): an answer about half an image is
+/// worse than an error.
+fn jpeg_truncation<R: BufRead + Seek>(reader: &mut R, label: &str) -> Result<Option<usize>> {
+    let io = |e: std::io::Error| image_error(label, format!("cannot read: {e}"));
+    if reader.fill_buf().map_err(io)?.get(..3) != Some(&[0xFF, 0xD8, 0xFF][..]) {
+        return Ok(None);
+    }
+    let mut bytes = Vec::new();
+    reader.read_to_end(&mut bytes).map_err(io)?;
+    reader.seek(SeekFrom::Start(0)).map_err(io)?;
+    Ok((!jpeg_is_complete(&bytes)).then_some(bytes.len()))
+}
+
+/// Walks the JPEG marker segments and entropy-coded scans from SOI; false only when the
+/// bytes run out before EOI (anything else malformed is left to the decoder).
+fn jpeg_is_complete(b: &[u8]) -> bool {
+    let mut pos = 2;
+    loop {
+        // Fill bytes (0xFF) may precede a marker.
+        while b.get(pos) == Some(&0xFF) && b.get(pos + 1) == Some(&0xFF) {
+            pos += 1;
+        }
+        let (Some(&ff), Some(&marker)) = (b.get(pos), b.get(pos + 1)) else {
+            return false;
+        };
+        if ff != 0xFF {
+            return true;
+        }
+        match marker {
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD7 => pos += 2,
+            _ => {
+                let (Some(&hi), Some(&lo)) = (b.get(pos + 2), b.get(pos + 3)) else {
+                    return false;
+                };
+                pos += 2 + (usize::from(hi) << 8 | usize::from(lo));
+                if marker == 0xDA {
+                    // Entropy-coded data: 0xFF is stuffed as FF 00; restart markers
+                    // (FF D0..D7) stay inside the scan; any other FF xx ends it.
+                    loop {
+                        match (b.get(pos), b.get(pos + 1)) {
+                            (Some(0xFF), Some(0x00 | 0xD0..=0xD7)) => pos += 2,
+                            (Some(0xFF), Some(_)) => break,
+                            (Some(_), Some(_)) => pos += 1,
+                            _ => return false,
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Keeps the first three channels (or replicates grey) of interleaved samples.
@@ -223,6 +288,26 @@ fn to_rgb8(img: DynamicImage) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jpeg_truncation_is_detected() {
+        let img = DynamicImage::ImageRgb8(RgbImage::from_fn(64, 48, |x, y| {
+            ::image::Rgb([(x * 4) as u8, (y * 5) as u8, 128])
+        }));
+        let jpg = encode(img, ImageFormat::Jpeg);
+        assert!(jpeg_is_complete(&jpg));
+        assert!(decode_image(&jpg, "full.jpg").is_ok());
+        for cut in [4, 100, jpg.len() / 3, jpg.len() - 2] {
+            assert!(!jpeg_is_complete(&jpg[..cut]), "cut at {cut}");
+            let msg = decode_image(&jpg[..cut], "cut.jpg")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("cut.jpg") && msg.contains("truncated"),
+                "{msg}"
+            );
+        }
+    }
     use crate::image::fixtures::{case_dir, CASES};
     use ::image::{ImageBuffer, ImageFormat, Luma, LumaA, Rgb, Rgba};
 

@@ -114,6 +114,7 @@ impl PixelLmModel {
             &Params::new(weights, device, dtype).with_monitor(&monitor),
             &Params::new(clip_weights, device, dtype).with_monitor(&monitor),
         )
+        .map_err(|e| with_config_hint(e, config))
     }
 
     fn build(
@@ -404,5 +405,22 @@ pub fn image_position(ids: &[i64]) -> Result<usize> {
         (Some(_), Some(_)) => Err(Error::Prompt(
             "the prompt has more than one <image> placeholder".into(),
         )),
+    }
+}
+
+/// A shape mismatch in the language model's tensors most often means `config.json`
+/// lacks a field and its LLaMA-7B default applies: say so in the error.
+fn with_config_hint(e: Error, config: &PixelLmConfig) -> Error {
+    match e {
+        Error::Tensor { file, name, msg }
+            if msg.contains("expected") && !config.defaulted.is_empty() =>
+        {
+            let msg = format!(
+                "{msg} (config.json does not set {}: the Hugging Face defaults apply)",
+                config.defaulted.join(", ")
+            );
+            Error::Tensor { file, name, msg }
+        }
+        e => e,
     }
 }

@@ -184,7 +184,7 @@ fn locate(
     max_len: u64,
 ) -> Result<EntryData> {
     let file_len = bytes.len() as u64;
-    let (name, method, packed, size, start, encrypted) = {
+    let (name, method, packed, size, start, encrypted, crc) = {
         let f = archive
             .by_index_raw(idx)
             .map_err(|e| zip_err(label, &format!("#{idx}"), e))?;
@@ -195,6 +195,7 @@ fn locate(
             f.size(),
             f.data_start(),
             f.encrypted(),
+            f.crc32(),
         )
     };
     let fits = start.checked_add(packed).is_some_and(|end| end <= file_len);
@@ -227,10 +228,17 @@ fn locate(
                 ));
             }
             // Both fit in the file, hence in usize.
-            Ok(EntryData::InFile {
-                start: start as usize,
-                len: size as usize,
-            })
+            let (start, len) = (start as usize, size as usize);
+            // A flipped bit in a weight would otherwise load silently; the CRC costs one
+            // pass over bytes that are read anyway.
+            let actual = crc32fast::hash(&bytes[start..start + len]);
+            if actual != crc {
+                return Err(Error::format(
+                    label,
+                    format!("zip entry `{name}`: CRC-32 {actual:08x} does not match the recorded {crc:08x} (corrupt file)"),
+                ));
+            }
+            Ok(EntryData::InFile { start, len })
         }
         CompressionMethod::Deflated => {
             if size > packed.saturating_mul(MAX_DEFLATE_RATIO).saturating_add(64) {

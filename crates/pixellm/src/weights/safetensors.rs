@@ -81,8 +81,12 @@ fn check_header_len(bytes: &[u8]) -> std::result::Result<usize, String> {
     Ok(claimed as usize)
 }
 
-/// A message for a crate error, with the numbers the crate leaves out where they help.
+/// A message for a crate error, naming the first tensor whose entry is wrong where the
+/// header can be read, with the numbers the crate leaves out.
 fn describe(err: &SafeTensorError, bytes: &[u8], header_len: usize) -> String {
+    if let Some(msg) = bad_entry(bytes, header_len) {
+        return msg;
+    }
     match err {
         SafeTensorError::MetadataIncompleteBuffer => {
             let data_len = bytes.len().saturating_sub(LEN_FIELD + header_len);
@@ -100,6 +104,83 @@ fn describe(err: &SafeTensorError, bytes: &[u8], header_len: usize) -> String {
         }
         _ => format!("invalid safetensors header: {err}"),
     }
+}
+
+/// The first tensor (by data offset) whose shape, dtype and offsets disagree with each
+/// other or with the file; read leniently, only used for messages.
+fn bad_entry(bytes: &[u8], header_len: usize) -> Option<String> {
+    let header = bytes.get(LEN_FIELD..LEN_FIELD.checked_add(header_len)?)?;
+    let json: serde_json::Value = serde_json::from_slice(header).ok()?;
+    let data_len = (bytes.len() - LEN_FIELD - header_len) as u128;
+    let mut entries: Vec<(&String, &serde_json::Value)> = json
+        .as_object()?
+        .iter()
+        .filter(|(k, _)| k.as_str() != "__metadata__")
+        .collect();
+    let start_of = |v: &serde_json::Value| v.get("data_offsets")?.get(0)?.as_u64();
+    entries.sort_by_key(|(_, v)| start_of(v).unwrap_or(0));
+    for (name, v) in entries {
+        let shape: Option<Vec<u64>> = v
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|a| a.iter().map(|d| d.as_u64()).collect());
+        let offsets: Option<Vec<u64>> = v
+            .get("data_offsets")
+            .and_then(|s| s.as_array())
+            .and_then(|a| a.iter().map(|d| d.as_u64()).collect());
+        let (Some(shape), Some(offsets)) = (shape, offsets) else {
+            return Some(format!("tensor `{name}`: `shape` and `data_offsets` must be lists of non-negative integers"));
+        };
+        let [start, end] = offsets[..] else {
+            return Some(format!(
+                "tensor `{name}`: `data_offsets` must hold two numbers, not {offsets:?}"
+            ));
+        };
+        let elem = v
+            .get("dtype")
+            .and_then(|d| d.as_str())
+            .and_then(dtype_bytes);
+        let elems = shape
+            .iter()
+            .try_fold(1u128, |acc, &d| acc.checked_mul(u128::from(d)));
+        let Some(elems) = elems.filter(|&n| n <= u128::from(u64::MAX)) else {
+            return Some(format!(
+                "tensor `{name}`: shape {shape:?} has more elements than can be addressed"
+            ));
+        };
+        if end < start {
+            return Some(format!(
+                "tensor `{name}`: data_offsets [{start}, {end}] end before they start"
+            ));
+        }
+        if let Some(elem) = elem {
+            let want = elems * elem;
+            let have = u128::from(end - start);
+            if want != have {
+                return Some(format!(
+                    "tensor `{name}`: shape {shape:?} needs {want} bytes but data_offsets [{start}, {end}] span {have}"
+                ));
+            }
+        }
+        if u128::from(end) > data_len {
+            return Some(format!(
+                "tensor `{name}`: data_offsets end at byte {end} but the file holds only {data_len} bytes after the header \
+                 (truncated file or offsets beyond the data)"
+            ));
+        }
+    }
+    None
+}
+
+/// Bytes per element of a safetensors dtype name (`None` for sub-byte or unknown types).
+fn dtype_bytes(name: &str) -> Option<u128> {
+    Some(match name {
+        "F64" | "I64" | "U64" => 8,
+        "F32" | "I32" | "U32" => 4,
+        "F16" | "BF16" | "I16" | "U16" => 2,
+        "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" | "F8_E8M0" => 1,
+        _ => return None,
+    })
 }
 
 /// Largest `data_offsets` end in the header, read leniently; only used for messages.
