@@ -73,8 +73,14 @@ async fn device(prefer_webgpu: bool) -> (Device, String) {
     if prefer_webgpu {
         match Device::wgpu_options().init_async().await {
             Ok(device) => {
+                // Browsers may hide the adapter's name (an empty string) for privacy.
                 let name = pixellm::backend::describe(&device);
-                return (device, format!("WebGPU ({name})"));
+                let label = if name.trim().is_empty() {
+                    "WebGPU".to_string()
+                } else {
+                    format!("WebGPU ({name})")
+                };
+                return (device, label);
             }
             Err(e) => web_log(&format!("WebGPU unavailable ({e}); using the CPU backend")),
         }

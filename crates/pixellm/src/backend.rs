@@ -90,7 +90,17 @@ impl Backend {
     }
 }
 
-#[cfg(feature = "wgpu")]
+/// In a browser the adapter can only be requested asynchronously: the web bindings
+/// create the device with `Device::wgpu_options().init_async()`.
+#[cfg(all(feature = "wgpu", target_family = "wasm"))]
+fn wgpu_device(backend: Backend) -> Result<Device> {
+    Err(Error::Backend(format!(
+        "`{}` needs an asynchronous device request in the browser",
+        backend.name()
+    )))
+}
+
+#[cfg(all(feature = "wgpu", not(target_family = "wasm")))]
 fn wgpu_device(backend: Backend) -> Result<Device> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};

@@ -111,6 +111,7 @@ impl Segmentation {
 /// Accumulates per-stage wall-clock times. On asynchronous backends the device is
 /// synchronised at each stage boundary so the times belong to the stage that did the work.
 struct Stopwatch<'a> {
+    #[cfg_attr(target_family = "wasm", allow(dead_code))]
     device: &'a Device,
     start: Instant,
     laps: Vec<(String, f64)>,
