@@ -169,7 +169,7 @@ fn segment(args: SegmentArgs) -> pixellm::Result<()> {
             }
             Progress::Bytes { done, total } => {
                 // One update per percent: smooth on a terminal, short in a log.
-                let pct = if total == 0 { 100 } else { done * 100 / total };
+                let pct = (done * 100).checked_div(total).unwrap_or(100);
                 if pct > shown {
                     shown = pct;
                     eprint!(

@@ -111,11 +111,11 @@ fn logits_safetensors(seg: &Segmentation) -> Result<Vec<u8>> {
     let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let masks = bytes(&seg.masks);
     let low = bytes(&seg.low_res_masks);
-    let side = if n == 0 {
-        0
-    } else {
-        ((seg.low_res_masks.len() / n) as f64).sqrt() as usize
-    };
+    let side = seg
+        .low_res_masks
+        .len()
+        .checked_div(n)
+        .map_or(0, |per_mask| (per_mask as f64).sqrt() as usize);
     let views: HashMap<String, TensorView> = [
         (
             "masks".to_string(),

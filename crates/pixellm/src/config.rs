@@ -457,7 +457,7 @@ mod tests {
         std::fs::create_dir_all(&snap).unwrap();
         std::fs::write(snap.join("config.json"), "{}").unwrap();
         let name = Some("openai/clip-vit-large-patch14-336");
-        let found = resolve_in(None, name, &model, &[hub.clone()]).unwrap();
+        let found = resolve_in(None, name, &model, std::slice::from_ref(&hub)).unwrap();
         assert_eq!(found, snap);
 
         // A copy next to the model directory wins over the cache.
@@ -465,7 +465,7 @@ mod tests {
         std::fs::create_dir_all(&local).unwrap();
         std::fs::write(local.join("config.json"), "{}").unwrap();
         assert_eq!(
-            resolve_in(None, name, &model, &[hub.clone()]).unwrap(),
+            resolve_in(None, name, &model, std::slice::from_ref(&hub)).unwrap(),
             local
         );
 

@@ -144,7 +144,7 @@ impl PixelLmModel {
             }
         }
         let grid = config.image_size / clip_config.patch_size;
-        if grid % 2 != 0 {
+        if !grid.is_multiple_of(2) {
             return Err(Error::config(
                 "config.json",
                 format!(

@@ -105,7 +105,7 @@ impl VisionTower {
                 format!("num_hidden_layers = {layers_total}, but PixelLM reads hidden_states[-11], so at least 11 are needed"),
             ));
         }
-        if patch == 0 || image_size % patch != 0 || c.image_size % patch != 0 {
+        if patch == 0 || !image_size.is_multiple_of(patch) || !c.image_size.is_multiple_of(patch) {
             return Err(Error::config(
                 "vision tower config.json",
                 format!(
