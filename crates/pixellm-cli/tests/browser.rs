@@ -84,26 +84,11 @@ fn web_dist() -> PathBuf {
     dist
 }
 
-fn luma(path: &Path) -> (u32, u32, Vec<u8>) {
+/// A mask PNG as (width, height, ±1 per pixel: 255 = target), for [`iou`].
+fn mask(path: &Path) -> (u32, u32, Vec<f32>) {
     let img = pixellm::image::decode_image(&std::fs::read(path).unwrap(), "mask").unwrap();
-    (
-        img.width(),
-        img.height(),
-        img.pixels().map(|p| p.0[0]).collect(),
-    )
-}
-
-fn mask_iou(a: &[u8], b: &[u8]) -> f64 {
-    let (mut inter, mut union) = (0usize, 0usize);
-    for (&x, &y) in a.iter().zip(b) {
-        inter += usize::from(x == 255 && y == 255);
-        union += usize::from(x == 255 || y == 255);
-    }
-    if union == 0 {
-        1.0
-    } else {
-        inter as f64 / union as f64
-    }
+    let plane = img.pixels().map(|p| if p.0[0] == 255 { 1.0 } else { -1.0 });
+    (img.width(), img.height(), plane.collect())
 }
 
 #[test]
@@ -192,14 +177,14 @@ fn page_segments_like_the_cli_with_and_without_webgpu() {
         let targets = page["targets"].as_array().unwrap();
         assert_eq!(targets.len(), cli_targets.len(), "{mode}: targets");
         for (i, t) in cli_targets.iter().enumerate() {
-            let ours = luma(&out.join(format!("mask_{i:02}.png")));
-            let theirs = luma(&cli_out.join(t["mask"].as_str().unwrap()));
+            let ours = mask(&out.join(format!("mask_{i:02}.png")));
+            let theirs = mask(&cli_out.join(t["mask"].as_str().unwrap()));
             assert_eq!(
                 (ours.0, ours.1),
                 (theirs.0, theirs.1),
                 "{mode}: mask {i} size"
             );
-            let iou = mask_iou(&ours.2, &theirs.2);
+            let iou = iou(&ours.2, &theirs.2);
             eprintln!(
                 "{mode}: mask {i} IoU vs CLI {iou:.6} (score page {} / cli {})",
                 targets[i]["score"], t["score"]

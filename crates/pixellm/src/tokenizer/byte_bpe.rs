@@ -36,7 +36,7 @@
 //! pattern in its backtracking VM, which is slower and can fail at run time (backtrack
 //! limit), an error path `encode` would have to hide.
 
-use std::cmp::Ordering;
+use super::tokenizer_json::Merge;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Mutex;
 
@@ -947,29 +947,6 @@ struct Sym {
     live: bool,
     prev: Option<usize>,
     next: Option<usize>,
-}
-
-/// Min-heap entry on (rank, position), as `tokenizers`' `Merge` ordering.
-#[derive(PartialEq, Eq)]
-struct Merge {
-    pos: usize,
-    rank: u32,
-    new_id: u32,
-}
-
-impl PartialOrd for Merge {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Merge {
-    fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .rank
-            .cmp(&self.rank)
-            .then_with(|| other.pos.cmp(&self.pos))
-    }
 }
 
 /// Incremental display decoder for generated ids. The concatenation of everything

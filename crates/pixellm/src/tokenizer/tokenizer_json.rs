@@ -419,12 +419,13 @@ struct Sym {
     next: Option<usize>,
 }
 
-/// Min-heap entry on (rank, position), as `tokenizers`' `Merge` ordering.
+/// Min-heap entry on (rank, position), as `tokenizers`' `Merge` ordering (shared with the
+/// byte-level BPE of `byte_bpe`).
 #[derive(PartialEq, Eq)]
-struct Merge {
-    pos: usize,
-    rank: u32,
-    new_id: u32,
+pub(super) struct Merge {
+    pub(super) pos: usize,
+    pub(super) rank: u32,
+    pub(super) new_id: u32,
 }
 
 impl PartialOrd for Merge {
