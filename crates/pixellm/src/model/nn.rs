@@ -41,15 +41,61 @@ impl Linear {
         let mut dims = x.dims();
         let d_in = dims[D - 1];
         let rows = dims[..D - 1].iter().product::<usize>();
-        let mut y = x
-            .reshape([rows, d_in])
-            .matmul(self.weight.clone().transpose());
+        let d_out = self.weight.dims()[0];
+        let mut y = match gemv_chunks(&self.weight, rows) {
+            Some(chunks) => x.reshape([1, 1, d_in]).matmul(
+                self.weight
+                    .clone()
+                    .reshape([chunks, d_out / chunks, d_in])
+                    .swap_dims(1, 2),
+            ),
+            None => x
+                .reshape([rows, d_in])
+                .matmul(self.weight.clone().transpose())
+                .unsqueeze(),
+        }
+        .reshape([rows, d_out]);
         if let Some(b) = &self.bias {
             y = y + b.clone().unsqueeze();
         }
-        dims[D - 1] = self.weight.dims()[0];
+        dims[D - 1] = d_out;
         y.reshape(dims)
     }
+}
+
+/// For a one-row product on the CPU backend, the number of row blocks to split the weight
+/// into so that the blocks' GEMVs run on every core.
+///
+/// Burn's CPU matmul sends a one-row product to `gemm`'s GEMV, which runs on one thread
+/// whatever the matrix size: at decode that reads the weights at one core's memory
+/// bandwidth (mid shape: 2.2 tokens/s on 2 cores, PyTorch 5.0). Viewed as a batch of
+/// `[out/chunks, in]` blocks (a free reshape of the `[out, in]` weight), the product is
+/// spread over the thread pool one block per task. `None`: one plain matmul.
+#[cfg(all(feature = "cpu", not(target_family = "wasm")))]
+fn gemv_chunks(weight: &Tensor<2>, rows: usize) -> Option<usize> {
+    // Below ~1M weights the product is faster than a trip through the thread pool.
+    const MIN_WEIGHTS: usize = 1 << 20;
+    let [d_out, d_in] = weight.dims();
+    if rows != 1 || d_out * d_in < MIN_WEIGHTS || weight.device() != burn::tensor::Device::flex()
+    {
+        return None;
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 {
+        return None;
+    }
+    // Burn parallelises a batched matmul over its batch from 4 blocks on. Prefer a block
+    // count that is a multiple of the thread count (balanced), else any divisor of `out`
+    // (LLaMA's 32009-row head splits into 7).
+    let min_chunks = threads.max(4);
+    let balanced = (min_chunks..=4 * min_chunks)
+        .find(|c| c % threads == 0 && d_out.is_multiple_of(*c));
+    balanced.or_else(|| (min_chunks..=4 * min_chunks).find(|c| d_out.is_multiple_of(*c)))
+}
+
+#[cfg(not(all(feature = "cpu", not(target_family = "wasm"))))]
+fn gemv_chunks(_weight: &Tensor<2>, _rows: usize) -> Option<usize> {
+    None
 }
 
 /// `nn.LayerNorm` over the last dimension (biased variance).
