@@ -5,11 +5,9 @@
 //! copies, so the same code runs PixelLM's Vicuna/LLaMA-2 and other LLaMA-architecture
 //! models.
 
-use burn::tensor::{
-    activation, module, ops::AttentionModuleOptions, Bool, Device, Int, Tensor, TensorData,
-};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
-use super::nn::{merge_heads, split_heads, Embedding, Linear, RmsNorm};
+use super::nn::{attention, merge_heads, silu, split_heads, Embedding, Linear, RmsNorm};
 use super::params::Params;
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
@@ -214,7 +212,7 @@ impl LlamaDecoderLayer {
         let v = split_heads(a.v_proj.forward(y), a.kv_heads);
         let (k, v) = cache.append(layer, k, v);
         let (k, v) = (repeat_kv(k, a.heads), repeat_kv(v, a.heads));
-        let [b, _, n, d] = q.dims();
+        let [b, _, n, _] = q.dims();
         let total = k.dims()[2];
         let mask = cache.key_padding.as_ref().map(|m| {
             m.clone()
@@ -222,23 +220,12 @@ impl LlamaDecoderLayer {
                 .reshape([1, 1, 1, total])
                 .expand([b, a.heads, n, total])
         });
-        let out = module::attention(
-            q,
-            k,
-            v,
-            mask,
-            None,
-            AttentionModuleOptions {
-                scale: Some(1.0 / (d as f64).sqrt()),
-                softcap: None,
-                // Bottom-right aligned: a decode step (n = 1) sees every cached key.
-                is_causal: true,
-            },
-        );
+        // Causal, bottom-right aligned: a decode step (n = 1) sees every cached key.
+        let out = attention(q, k, v, mask, true);
         let x = x + a.o_proj.forward(merge_heads(out));
         let y = self.post_attention_layernorm.forward(x.clone());
         let m = &self.mlp;
-        let hidden = activation::silu(m.gate_proj.forward(y.clone())) * m.up_proj.forward(y);
+        let hidden = silu(m.gate_proj.forward(y.clone())) * m.up_proj.forward(y);
         x + m.down_proj.forward(hidden)
     }
 }

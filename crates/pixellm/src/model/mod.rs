@@ -5,6 +5,8 @@
 //! and benches can time each; [`crate::pipeline`] strings them together.
 
 pub mod codebook;
+#[cfg(all(feature = "cpu", not(target_family = "wasm")))]
+mod cpu_kernels;
 pub mod llm;
 pub mod mask_decoder;
 pub mod neck;

@@ -237,7 +237,55 @@ pub fn from_f32<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
 
 /// CLIP's `quick_gelu`: `x · σ(1.702 x)`.
 pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
+    let x = match super::cpu_kernels::quick_gelu(x) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
     x.clone() * activation::sigmoid(x * 1.702)
+}
+
+/// `silu`: `x · σ(x)`.
+pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
+    let x = match super::cpu_kernels::silu(x) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    activation::silu(x)
+}
+
+/// Scaled-dot-product attention on `[B, H, L, d]` (equal head counts), through Burn's
+/// `attention` op, or on the CPU backend through matmuls and a vectorised softmax
+/// (`cpu_kernels`: Burn's CPU attention computes its softmax with scalar `exp`).
+///
+/// `mask`: `[B, H, Lq, Lk]`, `true` = the key is hidden from the query. `causal`: key `j`
+/// is hidden from query `i` when `j > i + Lk − Lq`.
+pub fn attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<Tensor<4, burn::tensor::Bool>>,
+    causal: bool,
+) -> Tensor<4> {
+    let scale = 1.0 / (q.dims()[3] as f64).sqrt();
+    #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
+    let (q, k, v, mask) = match super::cpu_kernels::attention(q, k, v, mask, scale as f32, causal) {
+        Ok(out) => return out,
+        Err(inputs) => inputs,
+    };
+    module::attention(
+        q,
+        k,
+        v,
+        mask,
+        None,
+        burn::tensor::ops::AttentionModuleOptions {
+            scale: Some(scale),
+            softcap: None,
+            is_causal: causal,
+        },
+    )
 }
 
 /// Multi-head scaled dot-product attention on `[B, L, heads·d]` inputs, through Burn's
@@ -254,19 +302,7 @@ pub fn multi_head_attention(
     let q = split_heads(q, heads);
     let k = split_heads(k, heads);
     let v = split_heads(v, heads);
-    let head_dim = q.dims()[3];
-    let out = module::attention(
-        q,
-        k,
-        v,
-        mask,
-        None,
-        burn::tensor::ops::AttentionModuleOptions {
-            scale: Some(1.0 / (head_dim as f64).sqrt()),
-            softcap: None,
-            is_causal: false,
-        },
-    );
+    let out = attention(q, k, v, mask, false);
     merge_heads(out)
 }
 
