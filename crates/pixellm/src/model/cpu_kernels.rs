@@ -77,8 +77,9 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Result<Tensor<D>, Tensor<D>> {
     map_in_place(x, |s| dispatch!(silu_body(s)))
 }
 
-/// Scaled-dot-product attention on `[B, H, L, d]`, for the CPU backend; `Err` hands the
-/// inputs back (another backend or dtype, a mask, or an empty sequence) for Burn's op.
+/// Scaled-dot-product attention on `[B, H, L, d]` queries and `[B, H/g, L, d]` keys and
+/// values (grouped-query attention), with an optional `[B, Lk]` key-padding mask (`true` = hidden), for the CPU backend; `Err` hands the inputs back (another
+/// backend or dtype, mismatched shapes, an empty sequence) for Burn's op.
 ///
 /// Each task takes one head and a block of [`QUERY_BLOCK`] queries: `S = Q·Kᵀ` with `gemm`
 /// into a block-sized buffer that stays in cache, the softmax of `scale · S` in place
@@ -90,16 +91,23 @@ pub fn attention(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
-    mask: Option<Tensor<4, burn::tensor::Bool>>,
+    key_padding: Option<Tensor<2, burn::tensor::Bool>>,
     scale: f32,
     causal: bool,
-) -> Result<Tensor<4>, (Tensor<4>, Tensor<4>, Tensor<4>, Option<Tensor<4, burn::tensor::Bool>>)> {
+) -> Result<Tensor<4>, (Tensor<4>, Tensor<4>, Tensor<4>, Option<Tensor<2, burn::tensor::Bool>>)> {
     let [b, h, lq, d] = q.dims();
     let [kb, kh, lk, kd] = k.dims();
     let [vb, vh, vl, dv] = v.dims();
-    let shapes_agree = [kb, vb] == [b, b] && [kh, vh] == [h, h] && kd == d && vl == lk;
-    if mask.is_some()
-        || !shapes_agree
+    // Grouped-query attention: query head `i` reads key/value head `i / (h / kh)`.
+    let shapes_agree = [kb, vb] == [b, b]
+        && kh == vh
+        && kh > 0
+        && h.is_multiple_of(kh)
+        && kd == d
+        && vl == lk;
+    let mask_agrees = key_padding.as_ref().is_none_or(|m| m.dims() == [b, lk]);
+    if !shapes_agree
+        || !mask_agrees
         || !on_cpu(&q)
         || !on_cpu(&k)
         || !on_cpu(&v)
@@ -108,9 +116,14 @@ pub fn attention(
         || d == 0
         || dv == 0
     {
-        return Err((q, k, v, mask));
+        return Err((q, k, v, key_padding));
     }
     let device = q.device();
+    let hidden: Option<Vec<bool>> = key_padding.map(|m| {
+        m.into_data()
+            .try_to_vec::<bool>()
+            .expect("a bool tensor's data is bool")
+    });
     let (q, k, v) = (q.into_data(), k.into_data(), v.into_data());
     let (q, k, v) = (
         q.as_slice::<f32>().expect("f32 data"),
@@ -122,8 +135,10 @@ pub fn attention(
         .enumerate()
         .for_each(|(head, out_head)| {
             let q_head = &q[head * lq * d..(head + 1) * lq * d];
-            let k_head = &k[head * lk * d..(head + 1) * lk * d];
-            let v_head = &v[head * lk * dv..(head + 1) * lk * dv];
+            let kv = (head / h) * kh + (head % h) / (h / kh);
+            let k_head = &k[kv * lk * d..(kv + 1) * lk * d];
+            let v_head = &v[kv * lk * dv..(kv + 1) * lk * dv];
+            let hidden = hidden.as_deref().map(|m| &m[(head / h) * lk..(head / h + 1) * lk]);
             out_head
                 .par_chunks_mut(QUERY_BLOCK * dv)
                 .enumerate()
@@ -173,6 +188,11 @@ pub fn attention(
                         };
                         let (head, tail) = row.split_at_mut(visible);
                         tail.fill(0.0);
+                        if let Some(hidden) = hidden {
+                            for (s, _) in head.iter_mut().zip(hidden).filter(|(_, &m)| m) {
+                                *s = f32::NEG_INFINITY;
+                            }
+                        }
                         dispatch!(softmax_row_body(head, scale));
                     }
                     // SAFETY: `scores` rows × keys, `v_head` keys 0..keys of dv, `out_block`
@@ -332,8 +352,8 @@ mod tests {
         let xs: Vec<f32> = (0..40_000).map(|i| (i as f32 - 20_000.0) * 0.0011).collect();
         let g = quick_gelu(cpu_tensor(xs.clone(), [200, 200])).unwrap_or_else(|_| panic!());
         let s = silu(cpu_tensor(xs.clone(), [40_000])).unwrap_or_else(|_| panic!());
-        let g = g.into_data().to_vec::<f32>().unwrap();
-        let s = s.into_data().to_vec::<f32>().unwrap();
+        let g = g.into_data().try_to_vec::<f32>().unwrap();
+        let s = s.into_data().try_to_vec::<f32>().unwrap();
         for (i, &x) in xs.iter().enumerate() {
             let x64 = x as f64;
             let want_g = x64 / (1.0 + (-1.702 * x64).exp());
@@ -344,7 +364,14 @@ mod tests {
     }
 
     /// Attention in f64, straight from the definition.
-    fn reference(q: &[f32], k: &[f32], v: &[f32], dims: [usize; 5], causal: bool) -> Vec<f64> {
+    fn reference(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        dims: [usize; 5],
+        causal: bool,
+        hidden: &[bool],
+    ) -> Vec<f64> {
         let [heads, lq, lk, d, dv] = dims;
         let scale = 1.0 / (d as f64).sqrt();
         let mut out = vec![0.0; heads * lq * dv];
@@ -353,6 +380,9 @@ mod tests {
                 let visible = if causal { (i + 1 + lk).saturating_sub(lq).min(lk) } else { lk };
                 let s: Vec<f64> = (0..visible)
                     .map(|j| {
+                        if hidden[j] {
+                            return f64::NEG_INFINITY;
+                        }
                         (0..d)
                             .map(|t| q[(h * lq + i) * d + t] as f64 * k[(h * lk + j) * d + t] as f64)
                             .sum::<f64>()
@@ -362,6 +392,9 @@ mod tests {
                 let max = s.iter().cloned().fold(f64::MIN, f64::max);
                 let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
                 let sum: f64 = e.iter().sum();
+                if max == f64::MIN || sum == 0.0 {
+                    continue; // no visible key: zeros
+                }
                 for c in 0..dv {
                     out[(h * lq + i) * dv + c] = (0..visible)
                         .map(|j| e[j] / sum * v[(h * lk + j) * dv + c] as f64)
@@ -382,25 +415,57 @@ mod tests {
         for (lq, lk, causal) in [(70, 70, true), (70, 70, false), (1, 75, true), (3, 130, true), (130, 5, false)] {
             let (heads, d, dv) = (3, 8, 5);
             let (q, k, v) = (values(heads * lq * d, 1), values(heads * lk * d, 2), values(heads * lk * dv, 3));
+            // Hide keys 2 and 4 from every query (a padded image token, say).
+            let hidden: Vec<bool> = (0..lk).map(|j| j == 2 || j == 4).collect();
             let got = attention(
                 cpu_tensor(q.clone(), [1, heads, lq, d]),
                 cpu_tensor(k.clone(), [1, heads, lk, d]),
                 cpu_tensor(v.clone(), [1, heads, lk, dv]),
-                None,
+                Some(Tensor::from_data(TensorData::new(hidden.clone(), [1, lk]), &Device::flex())),
                 1.0 / (d as f32).sqrt(),
                 causal,
             )
             .unwrap_or_else(|_| panic!("CPU attention declined"))
             .into_data()
-            .to_vec::<f32>()
+            .try_to_vec::<f32>()
             .unwrap();
-            let want = reference(&q, &k, &v, [heads, lq, lk, d, dv], causal);
+            let want = reference(&q, &k, &v, [heads, lq, lk, d, dv], causal, &hidden);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     (*g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),
                     "lq {lq} lk {lk} causal {causal} element {i}: {g} vs {w}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn grouped_query_attention_reads_the_shared_head() {
+        let (lq, lk, d) = (4, 9, 8);
+        let values = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n).map(|i| ((i * 31 + seed * 17) % 23) as f32 * 0.1 - 1.1).collect()
+        };
+        let q = values(4 * lq * d, 1);
+        let (k, v) = (values(2 * lk * d, 2), values(2 * lk * d, 3));
+        // Reference: each kv head repeated for its two query heads.
+        let repeat = |x: &[f32]| -> Vec<f32> {
+            x.chunks(lk * d).flat_map(|head| head.iter().chain(head).copied()).collect()
+        };
+        let want = reference(&q, &repeat(&k), &repeat(&v), [4, lq, lk, d, d], true, &[false; 9]);
+        let got = attention(
+            cpu_tensor(q, [1, 4, lq, d]),
+            cpu_tensor(k, [1, 2, lk, d]),
+            cpu_tensor(v, [1, 2, lk, d]),
+            None,
+            1.0 / (d as f32).sqrt(),
+            true,
+        )
+        .unwrap_or_else(|_| panic!("CPU attention declined"))
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((*g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()), "{g} vs {w}");
         }
     }
 }

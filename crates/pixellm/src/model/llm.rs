@@ -211,15 +211,12 @@ impl LlamaDecoderLayer {
         let k = rope.apply(split_heads(a.k_proj.forward(y.clone()), a.kv_heads), start);
         let v = split_heads(a.v_proj.forward(y), a.kv_heads);
         let (k, v) = cache.append(layer, k, v);
-        let (k, v) = (repeat_kv(k, a.heads), repeat_kv(v, a.heads));
-        let [b, _, n, _] = q.dims();
+        let b = q.dims()[0];
         let total = k.dims()[2];
-        let mask = cache.key_padding.as_ref().map(|m| {
-            m.clone()
-                .narrow(0, 0, total)
-                .reshape([1, 1, 1, total])
-                .expand([b, a.heads, n, total])
-        });
+        let mask = cache
+            .key_padding
+            .as_ref()
+            .map(|m| m.clone().narrow(0, 0, total).reshape([1, total]).expand([b, total]));
         // Causal, bottom-right aligned: a decode step (n = 1) sees every cached key.
         let out = attention(q, k, v, mask, true);
         let x = x + a.o_proj.forward(merge_heads(out));
@@ -228,18 +225,6 @@ impl LlamaDecoderLayer {
         let hidden = silu(m.gate_proj.forward(y.clone())) * m.up_proj.forward(y);
         x + m.down_proj.forward(hidden)
     }
-}
-
-/// `[B, kv_heads, L, d]` -> `[B, heads, L, d]` (grouped-query attention).
-fn repeat_kv(x: Tensor<4>, heads: usize) -> Tensor<4> {
-    let [b, kv, l, d] = x.dims();
-    if kv == heads {
-        return x;
-    }
-    let rep = heads / kv;
-    x.reshape([b, kv, 1, l, d])
-        .expand([b, kv, rep, l, d])
-        .reshape([b, heads, l, d])
 }
 
 /// LLaMA decoder stack, final norm and LM head.

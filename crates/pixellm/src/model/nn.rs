@@ -255,29 +255,35 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     activation::silu(x)
 }
 
-/// Scaled-dot-product attention on `[B, H, L, d]` (equal head counts), through Burn's
-/// `attention` op, or on the CPU backend through matmuls and a vectorised softmax
-/// (`cpu_kernels`: Burn's CPU attention computes its softmax with scalar `exp`).
+/// Scaled-dot-product attention on `[B, H, L, d]` queries and `[B, H/g, L, d]` keys and
+/// values (grouped-query attention when `g > 1`), through Burn's
+/// `attention` op, or on the CPU backend through `gemm` and a vectorised softmax
+/// (`cpu_kernels`: Burn's CPU attention computes its softmax with a scalar `exp`).
 ///
-/// `mask`: `[B, H, Lq, Lk]`, `true` = the key is hidden from the query. `causal`: key `j`
-/// is hidden from query `i` when `j > i + Lk − Lq`.
+/// `key_padding`: `[B, Lk]`, `true` = the key is hidden from every query. `causal`: key `j`
+/// is hidden from query `i` when `j > i + Lk − Lq` (bottom-right aligned, so a decode step
+/// sees every cached key). A query that sees no key gets zeros.
 pub fn attention(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
-    mask: Option<Tensor<4, burn::tensor::Bool>>,
+    key_padding: Option<Tensor<2, burn::tensor::Bool>>,
     causal: bool,
 ) -> Tensor<4> {
-    let scale = 1.0 / (q.dims()[3] as f64).sqrt();
+    let [b, h, lq, d] = q.dims();
+    let lk = k.dims()[2];
+    let scale = 1.0 / (d as f64).sqrt();
     #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
-    let (q, k, v, mask) = match super::cpu_kernels::attention(q, k, v, mask, scale as f32, causal) {
-        Ok(out) => return out,
-        Err(inputs) => inputs,
-    };
+    let (q, k, v, key_padding) =
+        match super::cpu_kernels::attention(q, k, v, key_padding, scale as f32, causal) {
+            Ok(out) => return out,
+            Err(inputs) => inputs,
+        };
+    let mask = key_padding.map(|m| m.reshape([b, 1, 1, lk]).expand([b, h, lq, lk]));
     module::attention(
         q,
-        k,
-        v,
+        repeat_kv(k, h),
+        repeat_kv(v, h),
         mask,
         None,
         burn::tensor::ops::AttentionModuleOptions {
@@ -288,21 +294,33 @@ pub fn attention(
     )
 }
 
-/// Multi-head scaled dot-product attention on `[B, L, heads·d]` inputs, through Burn's
-/// `attention` op (fused where the backend has a kernel).
+/// `[B, kv_heads, L, d]` -> `[B, heads, L, d]`: each key/value head repeated for its group
+/// of query heads.
+fn repeat_kv(x: Tensor<4>, heads: usize) -> Tensor<4> {
+    let [b, kv, l, d] = x.dims();
+    if kv == heads {
+        return x;
+    }
+    let rep = heads / kv;
+    x.reshape([b, kv, 1, l, d])
+        .expand([b, kv, rep, l, d])
+        .reshape([b, heads, l, d])
+}
+
+/// Multi-head scaled dot-product attention on `[B, L, heads·d]` inputs ([`attention`]).
 ///
-/// `mask`: `[B, heads, Lq, Lk]`, `true` = the key is hidden from the query.
+/// `key_padding`: `[B, Lk]`, `true` = the key is hidden from every query.
 pub fn multi_head_attention(
     q: Tensor<3>,
     k: Tensor<3>,
     v: Tensor<3>,
     heads: usize,
-    mask: Option<Tensor<4, burn::tensor::Bool>>,
+    key_padding: Option<Tensor<2, burn::tensor::Bool>>,
 ) -> Tensor<3> {
     let q = split_heads(q, heads);
     let k = split_heads(k, heads);
     let v = split_heads(v, heads);
-    let out = attention(q, k, v, mask, false);
+    let out = attention(q, k, v, key_padding, false);
     merge_heads(out)
 }
 

@@ -56,7 +56,7 @@ impl ClipEncoderLayer {
         })
     }
 
-    fn forward(&self, h: Tensor<3>, mask: Option<Tensor<4, Bool>>) -> Tensor<3> {
+    fn forward(&self, h: Tensor<3>, mask: Option<Tensor<2, Bool>>) -> Tensor<3> {
         let y = self.layer_norm1.forward(h.clone());
         let attn = multi_head_attention(
             self.q_proj.forward(y.clone()),
@@ -85,7 +85,6 @@ pub struct VisionTower {
     /// Only the blocks up to `hidden_states[-2]`; the last block is never needed.
     layers: Vec<ClipEncoderLayer>,
     patch: usize,
-    heads: usize,
     deep_index: usize,
     shallow_index: usize,
 }
@@ -134,7 +133,6 @@ impl VisionTower {
             pre_layrnorm: LayerNorm::load(&p, "pre_layrnorm", d, c.layer_norm_eps)?,
             layers,
             patch,
-            heads: c.num_attention_heads,
             deep_index,
             shallow_index,
         })
@@ -166,7 +164,7 @@ impl VisionTower {
         let embeddings = self.pre_layrnorm.forward(x);
 
         let n = embeddings.dims()[1];
-        let mask = key_padding.map(|m| m.reshape([1, 1, 1, n]).expand([b, self.heads, n, n]));
+        let mask = key_padding.map(|m| m.reshape([1, n]).expand([b, n]));
         let mut h = embeddings.clone();
         let mut shallow = None;
         for (i, layer) in self.layers.iter().enumerate() {
