@@ -54,7 +54,10 @@ fn on_cpu<const D: usize>(x: &Tensor<D>) -> bool {
 }
 
 /// Runs `kernel` over the elements of `x` in place.
-fn map_in_place<const D: usize>(x: Tensor<D>, kernel: fn(&mut [f32])) -> Result<Tensor<D>, Tensor<D>> {
+fn map_in_place<const D: usize>(
+    x: Tensor<D>,
+    kernel: fn(&mut [f32]),
+) -> Result<Tensor<D>, Tensor<D>> {
     if !on_cpu(&x) {
         return Err(x);
     }
@@ -70,6 +73,11 @@ fn map_in_place<const D: usize>(x: Tensor<D>, kernel: fn(&mut [f32])) -> Result<
 /// CLIP's `quick_gelu`, `x · σ(1.702 x)`.
 pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Result<Tensor<D>, Tensor<D>> {
     map_in_place(x, |s| dispatch!(quick_gelu_body(s)))
+}
+
+/// Exact GELU, `x · Φ(x) = x/2 · (1 + erf(x/√2))`.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Result<Tensor<D>, Tensor<D>> {
+    map_in_place(x, |s| dispatch!(gelu_body(s)))
 }
 
 /// `silu`, `x · σ(x)`.
@@ -94,17 +102,21 @@ pub fn attention(
     key_padding: Option<Tensor<2, burn::tensor::Bool>>,
     scale: f32,
     causal: bool,
-) -> Result<Tensor<4>, (Tensor<4>, Tensor<4>, Tensor<4>, Option<Tensor<2, burn::tensor::Bool>>)> {
+) -> Result<
+    Tensor<4>,
+    (
+        Tensor<4>,
+        Tensor<4>,
+        Tensor<4>,
+        Option<Tensor<2, burn::tensor::Bool>>,
+    ),
+> {
     let [b, h, lq, d] = q.dims();
     let [kb, kh, lk, kd] = k.dims();
     let [vb, vh, vl, dv] = v.dims();
     // Grouped-query attention: query head `i` reads key/value head `i / (h / kh)`.
-    let shapes_agree = [kb, vb] == [b, b]
-        && kh == vh
-        && kh > 0
-        && h.is_multiple_of(kh)
-        && kd == d
-        && vl == lk;
+    let shapes_agree =
+        [kb, vb] == [b, b] && kh == vh && kh > 0 && h.is_multiple_of(kh) && kd == d && vl == lk;
     let mask_agrees = key_padding.as_ref().is_none_or(|m| m.dims() == [b, lk]);
     if !shapes_agree
         || !mask_agrees
@@ -138,7 +150,9 @@ pub fn attention(
             let kv = (head / h) * kh + (head % h) / (h / kh);
             let k_head = &k[kv * lk * d..(kv + 1) * lk * d];
             let v_head = &v[kv * lk * dv..(kv + 1) * lk * dv];
-            let hidden = hidden.as_deref().map(|m| &m[(head / h) * lk..(head / h + 1) * lk]);
+            let hidden = hidden
+                .as_deref()
+                .map(|m| &m[(head / h) * lk..(head / h + 1) * lk]);
             out_head
                 .par_chunks_mut(QUERY_BLOCK * dv)
                 .enumerate()
@@ -243,6 +257,13 @@ fn quick_gelu_body(x: &mut [f32]) {
 }
 
 #[inline(always)]
+fn gelu_body(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        *v *= 0.5 + 0.5 * erf(*v * std::f32::consts::FRAC_1_SQRT_2);
+    }
+}
+
+#[inline(always)]
 fn silu_body(x: &mut [f32]) {
     for v in x.iter_mut() {
         *v *= sigmoid(*v);
@@ -290,6 +311,28 @@ fn softmax_row_body(row: &mut [f32], scale: f32) {
 #[inline(always)]
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
+}
+
+/// `erf(x)` to ~1e-7 absolute: the odd/even rational approximation on [−4, 4] of Eigen's
+/// `generic_fast_erf_float` (outside it erf is ±1 in f32), branch-free so that it
+/// vectorises.
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10f32;
+    p = p * x2 + 2.770_681_4e-8;
+    p = p * x2 + -2.101_024e-6;
+    p = p * x2 + -5.692_506_4e-5;
+    p = p * x2 + -7.349_906_3e-4;
+    p = p * x2 + -2.954_6e-3;
+    p = p * x2 + -1.609_603_3e-2;
+    let mut q = -1.456_607_2e-5f32;
+    q = q * x2 + -2.133_740_6e-4;
+    q = q * x2 + -1.682_827e-3;
+    q = q * x2 + -7.373_329e-3;
+    q = q * x2 + -1.426_474e-2;
+    x * p / q
 }
 
 /// `e^x` to ≤ 2 ulp over f32's normal range, 0 below it, `f32::MAX`-ish above: Cephes'
@@ -348,8 +391,43 @@ mod tests {
     }
 
     #[test]
+    fn erf_is_within_2e7_of_libm() {
+        let mut worst = 0.0f64;
+        let mut x = -7.0f32;
+        while x < 7.0 {
+            worst = worst.max((erf(x) as f64 - libm::erf(x as f64)).abs());
+            x += 0.000_77;
+        }
+        assert!(worst < 2e-7, "worst absolute error {worst}");
+        assert_eq!(erf(0.0), 0.0);
+        assert!(erf(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn gelu_matches_the_exact_formula() {
+        let xs: Vec<f32> = (0..30_000)
+            .map(|i| (i as f32 - 15_000.0) * 0.0007)
+            .collect();
+        let got = gelu(cpu_tensor(xs.clone(), [30_000]))
+            .unwrap_or_else(|_| panic!())
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        for (&x, &g) in xs.iter().zip(&got) {
+            let x64 = x as f64;
+            let want = 0.5 * x64 * (1.0 + libm::erf(x64 / std::f64::consts::SQRT_2));
+            assert!(
+                (g as f64 - want).abs() <= 2e-7 * (1.0 + x64.abs()),
+                "gelu({x}): {g} vs {want}"
+            );
+        }
+    }
+
+    #[test]
     fn element_wise_kernels_match_the_formulas() {
-        let xs: Vec<f32> = (0..40_000).map(|i| (i as f32 - 20_000.0) * 0.0011).collect();
+        let xs: Vec<f32> = (0..40_000)
+            .map(|i| (i as f32 - 20_000.0) * 0.0011)
+            .collect();
         let g = quick_gelu(cpu_tensor(xs.clone(), [200, 200])).unwrap_or_else(|_| panic!());
         let s = silu(cpu_tensor(xs.clone(), [40_000])).unwrap_or_else(|_| panic!());
         let g = g.into_data().try_to_vec::<f32>().unwrap();
@@ -358,8 +436,14 @@ mod tests {
             let x64 = x as f64;
             let want_g = x64 / (1.0 + (-1.702 * x64).exp());
             let want_s = x64 / (1.0 + (-x64).exp());
-            assert!((g[i] as f64 - want_g).abs() <= 1e-6 * (1.0 + want_g.abs()), "gelu({x})");
-            assert!((s[i] as f64 - want_s).abs() <= 1e-6 * (1.0 + want_s.abs()), "silu({x})");
+            assert!(
+                (g[i] as f64 - want_g).abs() <= 1e-6 * (1.0 + want_g.abs()),
+                "gelu({x})"
+            );
+            assert!(
+                (s[i] as f64 - want_s).abs() <= 1e-6 * (1.0 + want_s.abs()),
+                "silu({x})"
+            );
         }
     }
 
@@ -377,14 +461,20 @@ mod tests {
         let mut out = vec![0.0; heads * lq * dv];
         for h in 0..heads {
             for i in 0..lq {
-                let visible = if causal { (i + 1 + lk).saturating_sub(lq).min(lk) } else { lk };
+                let visible = if causal {
+                    (i + 1 + lk).saturating_sub(lq).min(lk)
+                } else {
+                    lk
+                };
                 let s: Vec<f64> = (0..visible)
                     .map(|j| {
                         if hidden[j] {
                             return f64::NEG_INFINITY;
                         }
                         (0..d)
-                            .map(|t| q[(h * lq + i) * d + t] as f64 * k[(h * lk + j) * d + t] as f64)
+                            .map(|t| {
+                                q[(h * lq + i) * d + t] as f64 * k[(h * lk + j) * d + t] as f64
+                            })
                             .sum::<f64>()
                             * scale
                     })
@@ -408,20 +498,35 @@ mod tests {
     #[test]
     fn attention_matches_the_definition() {
         let values = |n: usize, seed: usize| -> Vec<f32> {
-            (0..n).map(|i| (((i * 7919 + seed * 104_729) % 1013) as f32 / 1013.0 - 0.5) * 4.0).collect()
+            (0..n)
+                .map(|i| (((i * 7919 + seed * 104_729) % 1013) as f32 / 1013.0 - 0.5) * 4.0)
+                .collect()
         };
         // Prefill-like (queries span several blocks), decode-like (one query, many keys),
         // and more queries than keys.
-        for (lq, lk, causal) in [(70, 70, true), (70, 70, false), (1, 75, true), (3, 130, true), (130, 5, false)] {
+        for (lq, lk, causal) in [
+            (70, 70, true),
+            (70, 70, false),
+            (1, 75, true),
+            (3, 130, true),
+            (130, 5, false),
+        ] {
             let (heads, d, dv) = (3, 8, 5);
-            let (q, k, v) = (values(heads * lq * d, 1), values(heads * lk * d, 2), values(heads * lk * dv, 3));
+            let (q, k, v) = (
+                values(heads * lq * d, 1),
+                values(heads * lk * d, 2),
+                values(heads * lk * dv, 3),
+            );
             // Hide keys 2 and 4 from every query (a padded image token, say).
             let hidden: Vec<bool> = (0..lk).map(|j| j == 2 || j == 4).collect();
             let got = attention(
                 cpu_tensor(q.clone(), [1, heads, lq, d]),
                 cpu_tensor(k.clone(), [1, heads, lk, d]),
                 cpu_tensor(v.clone(), [1, heads, lk, dv]),
-                Some(Tensor::from_data(TensorData::new(hidden.clone(), [1, lk]), &Device::flex())),
+                Some(Tensor::from_data(
+                    TensorData::new(hidden.clone(), [1, lk]),
+                    &Device::flex(),
+                )),
                 1.0 / (d as f32).sqrt(),
                 causal,
             )
@@ -443,15 +548,26 @@ mod tests {
     fn grouped_query_attention_reads_the_shared_head() {
         let (lq, lk, d) = (4, 9, 8);
         let values = |n: usize, seed: usize| -> Vec<f32> {
-            (0..n).map(|i| ((i * 31 + seed * 17) % 23) as f32 * 0.1 - 1.1).collect()
+            (0..n)
+                .map(|i| ((i * 31 + seed * 17) % 23) as f32 * 0.1 - 1.1)
+                .collect()
         };
         let q = values(4 * lq * d, 1);
         let (k, v) = (values(2 * lk * d, 2), values(2 * lk * d, 3));
         // Reference: each kv head repeated for its two query heads.
         let repeat = |x: &[f32]| -> Vec<f32> {
-            x.chunks(lk * d).flat_map(|head| head.iter().chain(head).copied()).collect()
+            x.chunks(lk * d)
+                .flat_map(|head| head.iter().chain(head).copied())
+                .collect()
         };
-        let want = reference(&q, &repeat(&k), &repeat(&v), [4, lq, lk, d, d], true, &[false; 9]);
+        let want = reference(
+            &q,
+            &repeat(&k),
+            &repeat(&v),
+            [4, lq, lk, d, d],
+            true,
+            &[false; 9],
+        );
         let got = attention(
             cpu_tensor(q, [1, 4, lq, d]),
             cpu_tensor(k, [1, 2, lk, d]),
@@ -465,7 +581,10 @@ mod tests {
         .try_to_vec::<f32>()
         .unwrap();
         for (g, w) in got.iter().zip(&want) {
-            assert!((*g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()), "{g} vs {w}");
+            assert!(
+                (*g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "{g} vs {w}"
+            );
         }
     }
 }

@@ -213,10 +213,12 @@ impl LlamaDecoderLayer {
         let (k, v) = cache.append(layer, k, v);
         let b = q.dims()[0];
         let total = k.dims()[2];
-        let mask = cache
-            .key_padding
-            .as_ref()
-            .map(|m| m.clone().narrow(0, 0, total).reshape([1, total]).expand([b, total]));
+        let mask = cache.key_padding.as_ref().map(|m| {
+            m.clone()
+                .narrow(0, 0, total)
+                .reshape([1, total])
+                .expand([b, total])
+        });
         // Causal, bottom-right aligned: a decode step (n = 1) sees every cached key.
         let out = attention(q, k, v, mask, true);
         let x = x + a.o_proj.forward(merge_heads(out));

@@ -61,7 +61,7 @@ impl Upscale {
             Some(self.conv_bias.clone()),
             ConvTransposeOptions::new([2, 2], [0, 0], [0, 0], [1, 1], 1),
         );
-        activation::gelu(self.norm.forward(x))
+        super::nn::gelu(self.norm.forward(x))
     }
 }
 

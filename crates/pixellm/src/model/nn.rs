@@ -76,8 +76,7 @@ fn gemv_chunks(weight: &Tensor<2>, rows: usize) -> Option<usize> {
     // Below ~1M weights the product is faster than a trip through the thread pool.
     const MIN_WEIGHTS: usize = 1 << 20;
     let [d_out, d_in] = weight.dims();
-    if rows != 1 || d_out * d_in < MIN_WEIGHTS || weight.device() != burn::tensor::Device::flex()
-    {
+    if rows != 1 || d_out * d_in < MIN_WEIGHTS || weight.device() != burn::tensor::Device::flex() {
         return None;
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -88,8 +87,8 @@ fn gemv_chunks(weight: &Tensor<2>, rows: usize) -> Option<usize> {
     // count that is a multiple of the thread count (balanced), else any divisor of `out`
     // (LLaMA's 32009-row head splits into 7).
     let min_chunks = threads.max(4);
-    let balanced = (min_chunks..=4 * min_chunks)
-        .find(|c| c % threads == 0 && d_out.is_multiple_of(*c));
+    let balanced =
+        (min_chunks..=4 * min_chunks).find(|c| c % threads == 0 && d_out.is_multiple_of(*c));
     balanced.or_else(|| (min_chunks..=4 * min_chunks).find(|c| d_out.is_multiple_of(*c)))
 }
 
@@ -245,6 +244,16 @@ pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     x.clone() * activation::sigmoid(x * 1.702)
 }
 
+/// Exact (erf) GELU, PyTorch's `nn.GELU()`.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
+    let x = match super::cpu_kernels::gelu(x) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    activation::gelu(x)
+}
+
 /// `silu`: `x · σ(x)`.
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
@@ -322,6 +331,14 @@ pub fn multi_head_attention(
     let v = split_heads(v, heads);
     let out = attention(q, k, v, key_padding, false);
     merge_heads(out)
+}
+
+/// `x` laid out row-major: a copy when `x` is a strided view (a transpose, a broadcast),
+/// free otherwise. Burn has no explicit op for it; reshaping to one dimension and back
+/// forces it.
+pub fn contiguous<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let dims = x.dims();
+    x.reshape([dims.iter().product::<usize>()]).reshape(dims)
 }
 
 /// `[B, L, heads·d]` -> `[B, heads, L, d]`.

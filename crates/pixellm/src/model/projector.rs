@@ -49,7 +49,7 @@ impl TwoLayerMlp {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let h = self.layer_0.forward(x);
         let h = match self.activation {
-            Activation::Gelu => activation::gelu(h),
+            Activation::Gelu => super::nn::gelu(h),
             Activation::Relu => activation::relu(h),
         };
         self.layer_2.forward(h)

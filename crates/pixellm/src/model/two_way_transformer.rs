@@ -3,7 +3,7 @@
 
 use burn::tensor::{activation, Tensor};
 
-use super::nn::{multi_head_attention, LayerNorm, Linear};
+use super::nn::{contiguous, multi_head_attention, LayerNorm, Linear};
 use super::params::Params;
 use crate::error::Result;
 
@@ -149,8 +149,10 @@ impl TwoWayTransformer {
         tokens: Tensor<3>,
     ) -> (Tensor<3>, Tensor<3>) {
         let [n, c, h, w] = image.dims();
-        let keys = image.reshape([n, c, h * w]).swap_dims(1, 2);
-        let key_pe = image_pe.reshape([n, c, h * w]).swap_dims(1, 2);
+        // Row-major once here: every layer adds to and multiplies by these, and a strided
+        // operand sends the CPU backend's element-wise ops down a slow generic path.
+        let keys = contiguous(image.reshape([n, c, h * w]).swap_dims(1, 2));
+        let key_pe = contiguous(image_pe.reshape([n, c, h * w]).swap_dims(1, 2));
         let mut queries = tokens.clone();
         let mut keys = keys;
         for layer in &self.layers {
