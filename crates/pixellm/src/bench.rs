@@ -295,7 +295,15 @@ fn decode_bytes(c: &LlamaConfig, dtype: DType) -> u64 {
 }
 
 /// Best-of-5 bandwidth of an elementwise copy over 256 MB (f32) on `device`, GB/s.
+///
+/// On the CPU backend the copy runs on every core ([`host_copy_bandwidth`]): Burn's CPU
+/// element-wise ops use one thread, which would put the floor at one core's bandwidth
+/// while decode reads the weights on all of them.
 fn copy_bandwidth(device: &Device, dtype: DType) -> Result<f64> {
+    #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
+    if *device == Device::flex() {
+        return Ok(host_copy_bandwidth());
+    }
     let n = 64 << 20;
     let x = Tensor::<1>::random([n], Distribution::Default, (device, dtype));
     let mut best = f64::INFINITY;
@@ -310,6 +318,30 @@ fn copy_bandwidth(device: &Device, dtype: DType) -> Result<f64> {
         }
     }
     Ok(2.0 * (n as u64 * dtype_bytes(dtype)) as f64 / best / 1e9)
+}
+
+/// Best-of-5 bandwidth of `y = 1.0001·x` over 256 MB of f32 in host memory, split over
+/// the thread pool, GB/s (read + write).
+#[cfg(all(feature = "cpu", not(target_family = "wasm")))]
+fn host_copy_bandwidth() -> f64 {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    let n = 64 << 20;
+    let x = vec![1.0f32; n];
+    let mut y = vec![0.0f32; n];
+    let mut best = f64::INFINITY;
+    for i in 0..6 {
+        let t = Instant::now();
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, x)| *y = x * 1.0001));
+        let dt = t.elapsed().as_secs_f64();
+        if i > 0 {
+            best = best.min(dt);
+        }
+    }
+    std::hint::black_box(&y);
+    2.0 * (n * 4) as f64 / best / 1e9
 }
 
 fn sync(device: &Device) -> Result<()> {

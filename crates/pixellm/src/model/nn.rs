@@ -122,6 +122,11 @@ impl LayerNorm {
     /// Normalises the last dimension of `x` (statistics in f32, as PyTorch does for
     /// half-precision inputs).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
+        let x = match super::cpu_kernels::layer_norm(x, &self.weight, &self.bias, self.eps) {
+            Ok(y) => return y,
+            Err(x) => x,
+        };
         let dtype = x.dtype();
         let x = to_f32(x);
         let (var, mean) = x.clone().var_mean_bias(D - 1);
@@ -155,6 +160,11 @@ impl LayerNorm2d {
     /// # Shapes
     /// `[N, C, H, W]` -> `[N, C, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
+        let x = match super::cpu_kernels::layer_norm_2d(x, &self.weight, &self.bias, self.eps) {
+            Ok(y) => return y,
+            Err(x) => x,
+        };
         let dtype = x.dtype();
         let x = to_f32(x);
         let mean = x.clone().mean_dim(1);
