@@ -56,21 +56,29 @@ fn on_cpu<const D: usize>(x: &Tensor<D>) -> bool {
     x.dtype() == DType::F32 && x.device() == Device::flex()
 }
 
-/// Runs `kernel` over the elements of `x` in place.
-fn map_in_place<const D: usize>(
+/// Runs `f` on the f32 buffer of `x` in place; `Err(x)` when `x` is not an f32 tensor on
+/// the CPU backend.
+fn in_place<const D: usize>(
     x: Tensor<D>,
-    kernel: fn(&mut [f32]),
+    f: impl FnOnce(&mut [f32]),
 ) -> Result<Tensor<D>, Tensor<D>> {
     if !on_cpu(&x) {
         return Err(x);
     }
     let device = x.device();
     let mut data = x.into_data();
-    let slice = data
+    f(data
         .as_mut_slice::<f32>()
-        .expect("an f32 tensor's data is f32");
-    slice.par_chunks_mut(CHUNK).for_each(kernel);
+        .expect("an f32 tensor's data is f32"));
     Ok(Tensor::from_data(data, &device))
+}
+
+/// Runs `kernel` over the elements of `x` in place, in parallel chunks.
+fn map_in_place<const D: usize>(
+    x: Tensor<D>,
+    kernel: fn(&mut [f32]),
+) -> Result<Tensor<D>, Tensor<D>> {
+    in_place(x, |s| s.par_chunks_mut(CHUNK).for_each(kernel))
 }
 
 /// CLIP's `quick_gelu`, `x · σ(1.702 x)`.
@@ -98,26 +106,17 @@ pub fn layer_norm<const D: usize>(
     eps: f64,
 ) -> Result<Tensor<D>, Tensor<D>> {
     let d = x.dims()[D - 1];
-    if !on_cpu(&x) || !on_cpu(weight) || !on_cpu(bias) || d == 0 {
+    let Some((w, b)) = affine_params(weight, bias, d) else {
         return Err(x);
-    }
-    let (w, b) = (host_vec(weight), host_vec(bias));
-    if w.len() != d || b.len() != d {
-        return Err(x);
-    }
-    let device = x.device();
-    let mut data = x.into_data();
-    let slice = data
-        .as_mut_slice::<f32>()
-        .expect("an f32 tensor's data is f32");
-    let rows_per_task = (CHUNK / d).max(1);
-    let eps = eps as f32;
-    slice.par_chunks_mut(rows_per_task * d).for_each(|rows| {
-        for row in rows.chunks_mut(d) {
-            dispatch!(layer_norm_row_body(row, &w, &b, eps));
-        }
-    });
-    Ok(Tensor::from_data(data, &device))
+    };
+    let (rows_per_task, eps) = ((CHUNK / d).max(1), eps as f32);
+    in_place(x, |s| {
+        s.par_chunks_mut(rows_per_task * d).for_each(|rows| {
+            for row in rows.chunks_mut(d) {
+                dispatch!(layer_norm_row_body(row, &w, &b, eps));
+            }
+        })
+    })
 }
 
 /// SAM's `LayerNorm2d` on `[N, C, H, W]`: each pixel normalised over its `C` channels
@@ -130,35 +129,37 @@ pub fn layer_norm_2d(
 ) -> Result<Tensor<4>, Tensor<4>> {
     let [_, c, h, w_] = x.dims();
     let pixels = h * w_;
-    if !on_cpu(&x) || !on_cpu(weight) || !on_cpu(bias) || c == 0 || pixels == 0 {
+    let Some((w, b)) = affine_params(weight, bias, c).filter(|_| pixels > 0) else {
         return Err(x);
-    }
-    let (w, b) = (host_vec(weight), host_vec(bias));
-    if w.len() != c || b.len() != c {
-        return Err(x);
-    }
-    let device = x.device();
-    let mut data = x.into_data();
-    let slice = data
-        .as_mut_slice::<f32>()
-        .expect("an f32 tensor's data is f32");
+    };
     let eps = eps as f32;
     // Tasks: one image, a run of pixels, every channel of them.
     let run = (CHUNK / c).clamp(LANES, pixels.max(LANES));
-    slice.par_chunks_mut(c * pixels).for_each(|image| {
-        let starts: Vec<usize> = (0..pixels).step_by(run).collect();
-        let image_ptr = image.as_mut_ptr() as usize;
-        starts.par_iter().for_each(|&p0| {
-            let len = run.min(pixels - p0);
-            // SAFETY: tasks touch disjoint pixel runs `p0..p0 + len` of every channel plane
-            // of this image, all inside `image`.
-            let plane = |ch: usize| unsafe {
-                std::slice::from_raw_parts_mut((image_ptr as *mut f32).add(ch * pixels + p0), len)
-            };
-            dispatch!(layer_norm_2d_body(&plane, c, len, &w, &b, eps));
-        });
-    });
-    Ok(Tensor::from_data(data, &device))
+    in_place(x, |s| {
+        s.par_chunks_mut(c * pixels).for_each(|image| {
+            let starts: Vec<usize> = (0..pixels).step_by(run).collect();
+            let image_ptr = image.as_mut_ptr() as usize;
+            starts.par_iter().for_each(|&p0| {
+                let len = run.min(pixels - p0);
+                // SAFETY: tasks touch disjoint pixel runs `p0..p0 + len` of every channel
+                // plane of this image, all inside `image`.
+                let plane = |ch: usize| unsafe {
+                    std::slice::from_raw_parts_mut(
+                        (image_ptr as *mut f32).add(ch * pixels + p0),
+                        len,
+                    )
+                };
+                dispatch!(layer_norm_2d_body(&plane, c, len, &w, &b, eps));
+            });
+        })
+    })
+}
+
+/// A norm's `[n]` scale and shift on the host; `None` (Burn's op then) unless both are f32
+/// on the CPU backend with `n > 0` values.
+fn affine_params(weight: &Tensor<1>, bias: &Tensor<1>, n: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+    let fits = |t: &Tensor<1>| on_cpu(t) && t.dims() == [n];
+    (n > 0 && fits(weight) && fits(bias)).then(|| (host_vec(weight), host_vec(bias)))
 }
 
 /// A small (parameter-sized) tensor's values on the host.
@@ -170,14 +171,16 @@ fn host_vec(t: &Tensor<1>) -> Vec<f32> {
 }
 
 /// Scaled-dot-product attention on `[B, H, L, d]` queries and `[B, H/g, L, d]` keys and
-/// values (grouped-query attention), with an optional `[B, Lk]` key-padding mask (`true` = hidden), for the CPU backend; `Err` hands the inputs back (another
-/// backend or dtype, mismatched shapes, an empty sequence) for Burn's op.
+/// values (grouped-query attention), with an optional `[B, Lk]` key-padding mask (`true` =
+/// hidden), for the CPU backend; `Err` hands the inputs back (another backend or dtype,
+/// mismatched shapes, an empty sequence) for Burn's op.
 ///
 /// Each task takes one head and a block of [`QUERY_BLOCK`] queries: `S = Q·Kᵀ` with `gemm`
 /// into a block-sized buffer that stays in cache, the softmax of `scale · S` in place
 /// (causal rows cut at their last visible key, and the block's products cut at the
 /// block's), then `O = S·V`. Burn's tiled attention does the same arithmetic with a scalar
-/// `exp` and 64-key tiles (one CLIP-L head set at 448 tokens: 89 ms vs 32 ms here, PyTorch SDPA 36 ms).
+/// `exp` and 64-key tiles (one CLIP-L layer's heads at 448 px: 89 ms, here 32 ms, PyTorch's
+/// SDPA 36 ms).
 #[allow(clippy::type_complexity)]
 pub fn attention(
     q: Tensor<4>,
@@ -253,31 +256,14 @@ pub fn attention(
                         return; // every row fully masked: zero, as in Burn
                     }
                     scores.resize(rows * keys, 0.0);
-                    // SAFETY: every pointer/stride pair addresses inside its slice: `q_head`
-                    // rows q0..q0+rows of d, `k_head` keys 0..keys of d, `scores` rows × keys.
-                    unsafe {
-                        gemm::gemm(
-                            rows,
-                            keys,
-                            d,
-                            scores.as_mut_ptr(),
-                            1,
-                            keys as isize,
-                            false,
-                            q_head.as_ptr().add(q0 * d),
-                            1,
-                            d as isize,
-                            k_head.as_ptr(),
-                            d as isize,
-                            1,
-                            0.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        );
-                    }
+                    // S = Q[q0..q0+rows] · K[..keys]ᵀ (K read transposed through its strides).
+                    let q_block = &q_head[q0 * d..(q0 + rows) * d];
+                    matmul_into(
+                        scores,
+                        [rows, keys, d],
+                        (q_block, d, 1),
+                        (&k_head[..keys * d], 1, d),
+                    );
                     for (r, row) in scores.chunks_mut(keys).enumerate() {
                         let visible = if causal {
                             (q0 + r + 1 + lk).saturating_sub(lq).min(keys)
@@ -293,37 +279,56 @@ pub fn attention(
                         }
                         dispatch!(softmax_row_body(head, scale));
                     }
-                    // SAFETY: `scores` rows × keys, `v_head` keys 0..keys of dv, `out_block`
-                    // rows × dv.
-                    unsafe {
-                        gemm::gemm(
-                            rows,
-                            dv,
-                            keys,
-                            out_block.as_mut_ptr(),
-                            1,
-                            dv as isize,
-                            false,
-                            scores.as_ptr(),
-                            1,
-                            keys as isize,
-                            v_head.as_ptr(),
-                            1,
-                            dv as isize,
-                            0.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        );
-                    }
+                    // O = P · V[..keys].
+                    matmul_into(
+                        out_block,
+                        [rows, dv, keys],
+                        (scores, keys, 1),
+                        (&v_head[..keys * dv], dv, 1),
+                    );
                 });
         });
     Ok(Tensor::from_data(
         burn::tensor::TensorData::new(out, [b, h, lq, dv]),
         &device,
     ))
+}
+
+/// `dst = lhs · rhs` on this thread, `dst` row-major `[m, n]`; each operand is given as
+/// (values, row stride, column stride) of its `[m, k]` / `[k, n]` view.
+fn matmul_into(
+    dst: &mut [f32],
+    [m, n, k]: [usize; 3],
+    (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
+    (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
+) {
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(m > 0 && n > 0 && k > 0 && dst.len() >= m * n);
+    assert!(last(m, k, lhs_rs, lhs_cs) < lhs.len() && last(k, n, rhs_rs, rhs_cs) < rhs.len());
+    // SAFETY: the asserts keep every element each view addresses inside its slice.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// Queries per attention task: a 128-row score block of a 1025-key CLIP head is 512 KiB,

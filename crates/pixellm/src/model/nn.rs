@@ -6,6 +6,19 @@
 
 use burn::tensor::{activation, module, DType, Int, Tensor};
 
+/// `cpu_kernel_or!(x = kernel(args))`: on the native CPU backend, returns
+/// `cpu_kernels::kernel(args)` from the enclosing function when the kernel takes the
+/// input, else rebinds `x` to the input it handed back, for the Burn ops that follow.
+macro_rules! cpu_kernel_or {
+    ($inputs:pat = $kernel:ident($($arg:expr),*)) => {
+        #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
+        let $inputs = match super::cpu_kernels::$kernel($($arg),*) {
+            Ok(out) => return out,
+            Err(inputs) => inputs,
+        };
+    };
+}
+
 use super::params::Params;
 use crate::error::Result;
 
@@ -122,11 +135,7 @@ impl LayerNorm {
     /// Normalises the last dimension of `x` (statistics in f32, as PyTorch does for
     /// half-precision inputs).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
-        let x = match super::cpu_kernels::layer_norm(x, &self.weight, &self.bias, self.eps) {
-            Ok(y) => return y,
-            Err(x) => x,
-        };
+        cpu_kernel_or!(x = layer_norm(x, &self.weight, &self.bias, self.eps));
         let dtype = x.dtype();
         let x = to_f32(x);
         let (var, mean) = x.clone().var_mean_bias(D - 1);
@@ -160,11 +169,7 @@ impl LayerNorm2d {
     /// # Shapes
     /// `[N, C, H, W]` -> `[N, C, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
-        let x = match super::cpu_kernels::layer_norm_2d(x, &self.weight, &self.bias, self.eps) {
-            Ok(y) => return y,
-            Err(x) => x,
-        };
+        cpu_kernel_or!(x = layer_norm_2d(x, &self.weight, &self.bias, self.eps));
         let dtype = x.dtype();
         let x = to_f32(x);
         let mean = x.clone().mean_dim(1);
@@ -246,31 +251,19 @@ pub fn from_f32<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
 
 /// CLIP's `quick_gelu`: `x · σ(1.702 x)`.
 pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
-    let x = match super::cpu_kernels::quick_gelu(x) {
-        Ok(y) => return y,
-        Err(x) => x,
-    };
+    cpu_kernel_or!(x = quick_gelu(x));
     x.clone() * activation::sigmoid(x * 1.702)
 }
 
 /// Exact (erf) GELU, PyTorch's `nn.GELU()`.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
-    let x = match super::cpu_kernels::gelu(x) {
-        Ok(y) => return y,
-        Err(x) => x,
-    };
+    cpu_kernel_or!(x = gelu(x));
     activation::gelu(x)
 }
 
 /// `silu`: `x · σ(x)`.
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
-    let x = match super::cpu_kernels::silu(x) {
-        Ok(y) => return y,
-        Err(x) => x,
-    };
+    cpu_kernel_or!(x = silu(x));
     activation::silu(x)
 }
 
@@ -292,12 +285,7 @@ pub fn attention(
     let [b, h, lq, d] = q.dims();
     let lk = k.dims()[2];
     let scale = 1.0 / (d as f64).sqrt();
-    #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
-    let (q, k, v, key_padding) =
-        match super::cpu_kernels::attention(q, k, v, key_padding, scale as f32, causal) {
-            Ok(out) => return out,
-            Err(inputs) => inputs,
-        };
+    cpu_kernel_or!((q, k, v, key_padding) = attention(q, k, v, key_padding, scale as f32, causal));
     let mask = key_padding.map(|m| m.reshape([b, 1, 1, lk]).expand([b, h, lq, lk]));
     module::attention(
         q,
