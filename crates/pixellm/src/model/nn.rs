@@ -55,6 +55,13 @@ impl Linear {
         let d_in = dims[D - 1];
         let rows = dims[..D - 1].iter().product::<usize>();
         let d_out = self.weight.dims()[0];
+        dims[D - 1] = d_out;
+        let x = x.reshape([rows, d_in]);
+        #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
+        let x = match super::cpu_kernels::linear(x, &self.weight, self.bias.as_ref()) {
+            Ok(y) => return y.reshape(dims),
+            Err(x) => x,
+        };
         let mut y = match gemv_chunks(&self.weight, rows) {
             Some(chunks) => x.reshape([1, 1, d_in]).matmul(
                 self.weight
@@ -62,16 +69,12 @@ impl Linear {
                     .reshape([chunks, d_out / chunks, d_in])
                     .swap_dims(1, 2),
             ),
-            None => x
-                .reshape([rows, d_in])
-                .matmul(self.weight.clone().transpose())
-                .unsqueeze(),
+            None => x.matmul(self.weight.clone().transpose()).unsqueeze(),
         }
         .reshape([rows, d_out]);
         if let Some(b) = &self.bias {
             y = y + b.clone().unsqueeze();
         }
-        dims[D - 1] = d_out;
         y.reshape(dims)
     }
 }
