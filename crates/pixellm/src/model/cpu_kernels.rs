@@ -56,8 +56,12 @@ fn on_cpu<const D: usize>(x: &Tensor<D>) -> bool {
     x.dtype() == DType::F32 && x.device() == Device::flex()
 }
 
-/// Runs `f` on the f32 buffer of `x` in place; `Err(x)` when `x` is not an f32 tensor on
+/// Runs `f` on the f32 values of `x` in place; `Err(x)` when `x` is not an f32 tensor on
 /// the CPU backend.
+///
+/// A uniquely owned row-major buffer is changed where it is. A shared one (a residual
+/// stream the caller keeps) is copied with one `memcpy` first: Burn's `into_data` copies
+/// a shared tensor element by element (7 ms per million values here, measured).
 fn in_place<const D: usize>(
     x: Tensor<D>,
     f: impl FnOnce(&mut [f32]),
@@ -65,12 +69,32 @@ fn in_place<const D: usize>(
     if !on_cpu(&x) {
         return Err(x);
     }
-    let device = x.device();
-    let mut data = x.into_data();
-    f(data
-        .as_mut_slice::<f32>()
-        .expect("an f32 tensor's data is f32"));
-    Ok(Tensor::from_data(data, &device))
+    let (dims, device) = (x.dims(), x.device());
+    let mut primitive = x
+        .try_into_primitive::<burn::backend::Flex>()
+        .expect("an f32 tensor on the CPU device is a Flex tensor");
+    let layout = primitive.layout();
+    let whole_buffer = layout.is_contiguous()
+        && layout.start_offset() == 0
+        && primitive.storage::<f32>().len() == layout.num_elements();
+    if whole_buffer {
+        if let Some(values) = primitive.try_storage_mut::<f32>() {
+            f(values);
+            return Ok(Tensor::from_primitive::<burn::backend::Flex>(primitive));
+        }
+    }
+    let mut values = match primitive.as_slice::<f32>() {
+        Some(values) => values.to_vec(),
+        None => Tensor::<D>::from_primitive::<burn::backend::Flex>(primitive)
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("an f32 tensor's data is f32"),
+    };
+    f(&mut values);
+    Ok(Tensor::from_data(
+        burn::tensor::TensorData::new(values, dims),
+        &device,
+    ))
 }
 
 /// Runs `kernel` over the elements of `x` in place, in parallel chunks.
@@ -386,84 +410,154 @@ pub fn attention(
         return Err((q, k, v, key_padding));
     }
     let device = q.device();
-    let hidden: Option<Vec<bool>> = key_padding.map(|m| {
-        m.into_data()
+    let hidden: Option<Vec<bool>> = key_padding.as_ref().map(|m| {
+        m.clone()
+            .into_data()
             .try_to_vec::<bool>()
             .expect("a bool tensor's data is bool")
     });
-    let (q, k, v) = (q.into_data(), k.into_data(), v.into_data());
-    let (q, k, v) = (
-        q.as_slice::<f32>().expect("f32 data"),
-        k.as_slice::<f32>().expect("f32 data"),
-        v.as_slice::<f32>().expect("f32 data"),
-    );
-    let mut out = vec![0.0f32; b * h * lq * dv];
-    out.par_chunks_mut(lq * dv)
-        .enumerate()
-        .for_each(|(head, out_head)| {
-            let q_head = &q[head * lq * d..(head + 1) * lq * d];
-            let kv = (head / h) * kh + (head % h) / (h / kh);
-            let k_head = &k[kv * lk * d..(kv + 1) * lk * d];
-            let v_head = &v[kv * lk * dv..(kv + 1) * lk * dv];
-            let hidden = hidden
-                .as_deref()
-                .map(|m| &m[(head / h) * lk..(head / h + 1) * lk]);
-            out_head
-                .par_chunks_mut(QUERY_BLOCK * dv)
-                .enumerate()
-                .for_each_init(Vec::new, |scores, (block, out_block)| {
-                    let q0 = block * QUERY_BLOCK;
-                    let rows = out_block.len() / dv;
-                    // Keys the block's last query sees.
-                    let keys = if causal {
-                        (q0 + rows + lk).saturating_sub(lq).min(lk)
-                    } else {
-                        lk
-                    };
-                    if keys == 0 {
-                        return; // every row fully masked: zero, as in Burn
-                    }
-                    scores.resize(rows * keys, 0.0);
-                    // S = Q[q0..q0+rows] · K[..keys]ᵀ (K read transposed through its strides).
-                    let q_block = &q_head[q0 * d..(q0 + rows) * d];
-                    matmul_into(
-                        scores,
-                        [rows, keys, d],
-                        (q_block, d, 1),
-                        (&k_head[..keys * d], 1, d),
-                        false,
-                        false,
-                    );
-                    for (r, row) in scores.chunks_mut(keys).enumerate() {
-                        let visible = if causal {
-                            (q0 + r + 1 + lk).saturating_sub(lq).min(keys)
-                        } else {
-                            keys
-                        };
-                        let (head, tail) = row.split_at_mut(visible);
-                        tail.fill(0.0);
-                        if let Some(hidden) = hidden {
-                            for (s, _) in head.iter_mut().zip(hidden).filter(|(_, &m)| m) {
-                                *s = f32::NEG_INFINITY;
+    let group = h / kh;
+    // Output rows go straight into the `[B, Lq, H, dv]` layout that merging the heads
+    // reads, so neither the inputs' head split nor the output's merge is a copy.
+    let mut out = vec![0.0f32; b * lq * h * dv];
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let blocks = lq.div_ceil(QUERY_BLOCK);
+    let done = with_strided(&q, |q| {
+        with_strided(&k, |k| {
+            with_strided(&v, |v| {
+                (0..b * h).into_par_iter().for_each(|bh| {
+                    let (bi, hi) = (bh / h, bh % h);
+                    let kv = hi / group;
+                    let q_head = q.at([bi, hi, 0, 0]);
+                    let k_head = k.at([bi, kv, 0, 0]);
+                    let v_head = v.at([bi, kv, 0, 0]);
+                    let hidden = hidden.as_deref().map(|m| &m[bi * lk..(bi + 1) * lk]);
+                    (0..blocks)
+                        .into_par_iter()
+                        .for_each_init(Vec::new, |scores, block| {
+                            let q0 = block * QUERY_BLOCK;
+                            let rows = QUERY_BLOCK.min(lq - q0);
+                            // Keys the block's last query sees.
+                            let keys = if causal {
+                                (q0 + rows + lk).saturating_sub(lq).min(lk)
+                            } else {
+                                lk
+                            };
+                            if keys == 0 {
+                                return; // every row fully masked: zero, as in Burn
                             }
-                        }
-                        dispatch!(softmax_row_body(head, scale));
-                    }
-                    // O = P · V[..keys].
-                    matmul_into(
-                        out_block,
-                        [rows, dv, keys],
-                        (scores, keys, 1),
-                        (&v_head[..keys * dv], dv, 1),
-                        false,
-                        false,
-                    );
-                });
-        });
-    Ok(Tensor::from_data(
-        burn::tensor::TensorData::new(out, [b, h, lq, dv]),
-        &device,
-    ))
+                            scores.resize(rows * keys, 0.0);
+                            // S = Q[q0..q0+rows] · K[..keys]ᵀ (K read transposed through
+                            // its strides).
+                            matmul_into(
+                                scores,
+                                [rows, keys, d],
+                                (&q_head[q0 * q.strides[2]..], q.strides[2], q.strides[3]),
+                                (k_head, k.strides[3], k.strides[2]),
+                                false,
+                                false,
+                            );
+                            for (r, row) in scores.chunks_mut(keys).enumerate() {
+                                let visible = if causal {
+                                    (q0 + r + 1 + lk).saturating_sub(lq).min(keys)
+                                } else {
+                                    keys
+                                };
+                                row[visible..].fill(f32::NEG_INFINITY);
+                                if let Some(hidden) = hidden {
+                                    for (s, _) in row.iter_mut().zip(hidden).filter(|(_, &m)| m) {
+                                        *s = f32::NEG_INFINITY;
+                                    }
+                                }
+                            }
+                            dispatch!(softmax_rows_body(scores, keys, scale));
+                            // O = P · V[..keys], written in place into the merged-heads rows.
+                            // SAFETY: row `r` of this block is `out[((bi·lq + q0 + r)·h +
+                            // hi)·dv ..][..dv]`, inside `out`, and no other task writes it
+                            // (each task owns one head's block of queries); `out` outlives
+                            // the parallel loop.
+                            unsafe {
+                                matmul_raw(
+                                    out_ptr.get().add(((bi * lq + q0) * h + hi) * dv),
+                                    h * dv,
+                                    [rows, dv, keys],
+                                    (scores, keys, 1),
+                                    (v_head, v.strides[2], v.strides[3]),
+                                    false,
+                                    false,
+                                )
+                            };
+                        });
+                })
+            })
+        })
+    })
+    .flatten()
+    .flatten();
+    if done.is_none() {
+        return Err((q, k, v, key_padding));
+    }
+    Ok(
+        Tensor::<4>::from_data(burn::tensor::TensorData::new(out, [b, lq, h, dv]), &device)
+            .swap_dims(1, 2),
+    )
+}
+
+/// A raw pointer the parallel tasks of [`attention`] write disjoint rows through.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: every task writes rows no other task writes (see the use).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// A strided view of a CPU tensor's values: its buffer, the first element's index and the
+/// stride of each dimension, in elements.
+struct StridedView<'a, const D: usize> {
+    data: &'a [f32],
+    offset: usize,
+    strides: [usize; D],
+}
+
+impl<const D: usize> StridedView<'_, D> {
+    /// The buffer from element `index` on.
+    fn at(&self, index: [usize; D]) -> &[f32] {
+        let at = self.offset
+            + index
+                .iter()
+                .zip(&self.strides)
+                .map(|(i, s)| i * s)
+                .sum::<usize>();
+        &self.data[at..]
+    }
+}
+
+/// Runs `f` on a zero-copy strided view of `x` when `x` is an f32 tensor on the CPU
+/// backend with non-negative strides (views from transposes, narrows and broadcasts
+/// included).
+fn with_strided<const D: usize, R>(
+    x: &Tensor<D>,
+    f: impl FnOnce(StridedView<'_, D>) -> R,
+) -> Option<R> {
+    if !on_cpu(x) {
+        return None;
+    }
+    let primitive = x.clone().try_into_primitive::<burn::backend::Flex>().ok()?;
+    let layout = primitive.layout();
+    let mut strides = [0usize; D];
+    for (s, &l) in strides.iter_mut().zip(layout.strides()) {
+        *s = usize::try_from(l).ok()?;
+    }
+    Some(f(StridedView {
+        data: primitive.storage::<f32>(),
+        offset: layout.start_offset(),
+        strides,
+    }))
 }
 
 /// `dst = lhs · rhs` (`dst += lhs · rhs` when `accumulate`; over the thread pool when
@@ -472,23 +566,53 @@ pub fn attention(
 fn matmul_into(
     dst: &mut [f32],
     [m, n, k]: [usize; 3],
+    lhs: (&[f32], usize, usize),
+    rhs: (&[f32], usize, usize),
+    accumulate: bool,
+    parallel: bool,
+) {
+    assert!(m > 0 && n > 0 && dst.len() >= m * n);
+    // SAFETY: `dst` holds the `m` rows of `n` it addresses with row stride `n`.
+    unsafe {
+        matmul_raw(
+            dst.as_mut_ptr(),
+            n,
+            [m, n, k],
+            lhs,
+            rhs,
+            accumulate,
+            parallel,
+        )
+    }
+}
+
+/// [`matmul_into`] into `m` rows of `n` values `dst_rs` apart from `dst`.
+///
+/// # Safety
+/// `dst` must be valid for writes (and reads when `accumulate`) at `r · dst_rs + c` for
+/// every `r < m`, `c < n`, with no other access to those elements during the call.
+unsafe fn matmul_raw(
+    dst: *mut f32,
+    dst_rs: usize,
+    [m, n, k]: [usize; 3],
     (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
     (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
     accumulate: bool,
     parallel: bool,
 ) {
     let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(m > 0 && n > 0 && k > 0 && dst.len() >= m * n);
+    assert!(m > 0 && n > 0 && k > 0);
     assert!(last(m, k, lhs_rs, lhs_cs) < lhs.len() && last(k, n, rhs_rs, rhs_cs) < rhs.len());
-    // SAFETY: the asserts keep every element each view addresses inside its slice.
+    // SAFETY: the asserts keep every element each operand view addresses inside its slice;
+    // the caller vouches for `dst`.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             lhs.as_ptr(),
             lhs_cs as isize,
@@ -538,41 +662,50 @@ fn silu_body(x: &mut [f32]) {
     }
 }
 
+/// Softmax of `scale ·` each `keys`-long row of `scores` in place; `−∞` entries (hidden
+/// keys) get 0, and a row with nothing visible is all zeros (as in Burn).
+///
+/// `exp` runs over the whole block at once rather than row by row, so that short rows
+/// (SAM's image-to-token attention has 6 keys) still fill the vector lanes.
 #[inline(always)]
-fn softmax_row_body(row: &mut [f32], scale: f32) {
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (m, &v) in lanes.iter_mut().zip(c) {
-            *m = if v > *m { v } else { *m };
+fn softmax_rows_body(scores: &mut [f32], keys: usize, scale: f32) {
+    for row in scores.chunks_exact_mut(keys) {
+        let max = lane_fold(row, f32::NEG_INFINITY, |m, v| if v > m { v } else { m });
+        // Shifting an all-hidden row by 0 keeps it at −∞, so its `exp` is 0.
+        let max = if max == f32::NEG_INFINITY { 0.0 } else { max };
+        for v in row.iter_mut() {
+            *v = (*v - max) * scale;
         }
     }
-    let max = chunks
+    for v in scores.iter_mut() {
+        *v = exp(*v);
+    }
+    for row in scores.chunks_exact_mut(keys) {
+        let sum = lane_sum(row, |v| v);
+        if sum > 0.0 {
+            let inv = 1.0 / sum;
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+        }
+    }
+}
+
+/// `f` folded over `values` in [`LANES`] partial results (vectorises), then over those.
+#[inline(always)]
+fn lane_fold(values: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [init; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = f(*l, v);
+        }
+    }
+    chunks
         .remainder()
         .iter()
         .chain(&lanes)
-        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
-    if max == f32::NEG_INFINITY {
-        row.fill(0.0);
-        return;
-    }
-    let mut sums = [0.0f32; LANES];
-    let mut chunks = row.chunks_exact_mut(LANES);
-    for c in &mut chunks {
-        for (s, v) in sums.iter_mut().zip(c.iter_mut()) {
-            *v = exp((*v - max) * scale);
-            *s += *v;
-        }
-    }
-    let mut sum: f32 = sums.iter().sum();
-    for v in chunks.into_remainder() {
-        *v = exp((*v - max) * scale);
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in row.iter_mut() {
-        *v *= inv;
-    }
+        .fold(init, |a, &v| f(a, v))
 }
 
 #[inline(always)]
@@ -817,6 +950,36 @@ mod tests {
         assert!(linear(cpu_tensor(vec![0.0; 4], [1, 4]), &weight, None).is_err());
     }
 
+    #[test]
+    fn in_place_kernels_leave_shared_and_strided_inputs_alone() {
+        let xs: Vec<f32> = (0..600).map(|i| i as f32 * 0.01 - 3.0).collect();
+        let want: Vec<f64> = xs
+            .iter()
+            .map(|&x| x as f64 / (1.0 + (-x as f64).exp()))
+            .collect();
+        let close = |got: Tensor<2>, want: &[f64]| {
+            let got = got.into_data().try_to_vec::<f32>().unwrap();
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(want) {
+                assert!(
+                    (*g as f64 - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                    "{g} vs {w}"
+                );
+            }
+        };
+        let x = cpu_tensor(xs.clone(), [20, 30]);
+        // Shared: the kernel works on a copy.
+        close(silu(x.clone()).unwrap_or_else(|_| panic!()), &want);
+        // A narrowed view (offset into a larger buffer) and a transpose.
+        close(
+            silu(x.clone().narrow(0, 10, 10)).unwrap_or_else(|_| panic!()),
+            &want[300..],
+        );
+        let t = silu(x.clone().swap_dims(0, 1)).unwrap_or_else(|_| panic!());
+        close(t.swap_dims(0, 1), &want);
+        assert_eq!(x.into_data().try_to_vec::<f32>().unwrap(), xs);
+    }
+
     /// Attention in f64, straight from the definition.
     fn reference(
         q: &[f32],
@@ -912,6 +1075,37 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn attention_reads_strided_views_in_place() {
+        // The layouts the model hands over: heads split from `[B, L, H·d]` (a transpose
+        // view), keys narrowed out of a longer cache, two batch rows.
+        let (b, heads, lq, lk, cap, d) = (2, 3, 20, 9, 12, 8);
+        let values = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i * 7919 + seed * 104_729) % 1013) as f32 / 1013.0 - 0.5) * 4.0)
+                .collect()
+        };
+        let q = cpu_tensor(values(b * lq * heads * d, 1), [b, lq, heads, d]).swap_dims(1, 2);
+        let k = cpu_tensor(values(b * heads * cap * d, 2), [b, heads, cap, d]).narrow(2, 0, lk);
+        let v = cpu_tensor(values(b * lk * heads * d, 3), [b, lk, heads, d]).swap_dims(1, 2);
+        let got = attention(q.clone(), k.clone(), v.clone(), None, 0.3, true)
+            .unwrap_or_else(|_| panic!("CPU attention declined"));
+        assert_eq!(got.dims(), [b, heads, lq, d]);
+        // Same inputs laid out row-major.
+        let want = attention(
+            super::super::nn::contiguous(q),
+            super::super::nn::contiguous(k),
+            super::super::nn::contiguous(v),
+            None,
+            0.3,
+            true,
+        )
+        .unwrap_or_else(|_| panic!("CPU attention declined"));
+        let got = got.into_data().try_to_vec::<f32>().unwrap();
+        let want = want.into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(got, want);
     }
 
     #[test]

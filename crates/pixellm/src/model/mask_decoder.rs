@@ -167,9 +167,8 @@ impl MaskDecoderMultiScale {
         };
         let [b, _, h, w] = src.dims();
         let src = src.expand([n.max(b), c, h, w]) + no_mask_embed.clone().reshape([1, c, 1, 1]);
-        let pos = pe.expand([n, c, h, w]);
 
-        let (hs, keys) = self.transformer[level].forward(src, pos, tokens);
+        let (hs, keys) = self.transformer[level].forward(src, pe, tokens);
         let iou_out = hs.clone().narrow(1, 0, 1).reshape([n, c]);
         let mask_out = hs.clone().narrow(1, 1, 1).reshape([n, c]);
 

@@ -140,7 +140,7 @@ impl TwoWayTransformer {
     /// Returns `(tokens [N, T, C], image keys [N, hw, C])`.
     ///
     /// # Shapes
-    /// - `image`, `image_pe`: `[N, C, h, w]`
+    /// - `image`: `[N, C, h, w]`; `image_pe`: `[N, C, h, w]` or `[1, C, h, w]` (shared)
     /// - `tokens`: `[N, T, C]` (also the query positional encoding)
     pub fn forward(
         &self,
@@ -152,7 +152,16 @@ impl TwoWayTransformer {
         // Row-major once here: every layer adds to and multiplies by these, and a strided
         // operand sends the CPU backend's element-wise ops down a slow generic path.
         let keys = contiguous(image.reshape([n, c, h * w]).swap_dims(1, 2));
-        let key_pe = contiguous(image_pe.reshape([n, c, h * w]).swap_dims(1, 2));
+        // The positional encoding is the same for every target: transposed once, then
+        // stacked (a copy from a broadcast view takes the CPU backend's slow strided path,
+        // 4× the time, measured).
+        let pe_batch = image_pe.dims()[0];
+        let key_pe = contiguous(image_pe.reshape([pe_batch, c, h * w]).swap_dims(1, 2));
+        let key_pe = if pe_batch == n {
+            key_pe
+        } else {
+            Tensor::cat(vec![key_pe; n], 0)
+        };
         let mut queries = tokens.clone();
         let mut keys = keys;
         for layer in &self.layers {
