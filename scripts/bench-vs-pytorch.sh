@@ -5,6 +5,10 @@
 #
 # Options (passed to both sides):
 #   --prompt-tokens N (300)  --new-tokens N (32)  --targets N (2)  --iters N (3)
+#   --rounds N   run both sides N times, alternating which goes first, and report the
+#                median of each side's per-round medians and the range of the per-round
+#                ratios (default 1; use 2–3 on a shared VM, where the machine's speed
+#                drifts by 10–30 % within minutes)
 #   --out DIR    keep the JSON reports in DIR (default: a new directory under /tmp)
 #   --reuse DIR  run nothing: print the tables of DIR/pixellm-SHAPE.json and
 #                DIR/pytorch-SHAPE.json from an earlier run
@@ -15,7 +19,8 @@
 #                   (default: ../pyenv next to the repository)
 #
 # Prints the machine, then one table per shape: stage | pixellm median ms | PyTorch median ms
-# | ratio (pixellm / PyTorch; < 1 means pixellm is faster), and decode tokens/s of both.
+# | ratio (pixellm / PyTorch; < 1 means pixellm is faster) | per-round ratio range, and
+# decode tokens/s of both.
 # Both runs use every core; run it on an otherwise idle machine (the tables warn when the
 # PyTorch run saw other processes using the CPU).
 set -euo pipefail
@@ -26,6 +31,7 @@ pyenv="${PIXELLM_PYENV:-$(dirname "$repo")/pyenv}"
 py="$pyenv/bin/python"
 
 opts=()
+rounds=1
 out=""
 reuse=""
 shapes=()
@@ -34,6 +40,14 @@ while [ $# -gt 0 ]; do
     --prompt-tokens | --new-tokens | --targets | --iters)
       [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }
       opts+=("$1" "$2")
+      shift 2
+      ;;
+    --rounds)
+      [ $# -ge 2 ] && [[ "$2" =~ ^[1-9][0-9]*$ ]] || {
+        echo "error: --rounds needs a positive integer" >&2
+        exit 2
+      }
+      rounds="$2"
       shift 2
       ;;
     --out)
@@ -75,13 +89,28 @@ else
   fi
   out="${out:-$(mktemp -d /tmp/pixellm-vs-pytorch.XXXXXX)}"
   mkdir -p "$out"
+  run_pixellm() { # shape round
+    echo "== $1: pixellm (round $2/$rounds) ==" >&2
+    "$bin" bench --shape "$1" --backend cpu ${opts[@]+"${opts[@]}"} \
+      --json "$out/pixellm-$1-r$2.json" >"$out/pixellm-$1-r$2.txt"
+  }
+  run_pytorch() { # shape round
+    echo "== $1: PyTorch (round $2/$rounds) ==" >&2
+    "$py" "$repo/scripts/compare-pytorch.py" --shape "$1" ${opts[@]+"${opts[@]}"} \
+      --json "$out/pytorch-$1-r$2.json" >"$out/pytorch-$1-r$2.txt"
+  }
   for shape in "${shapes[@]}"; do
-    echo "== $shape: pixellm ==" >&2
-    "$bin" bench --shape "$shape" --backend cpu ${opts[@]+"${opts[@]}"} \
-      --json "$out/pixellm-$shape.json" >"$out/pixellm-$shape.txt"
-    echo "== $shape: PyTorch ==" >&2
-    "$py" "$repo/scripts/compare-pytorch.py" --shape "$shape" ${opts[@]+"${opts[@]}"} \
-      --json "$out/pytorch-$shape.json" >"$out/pytorch-$shape.txt"
+    for round in $(seq 1 "$rounds"); do
+      # Alternate who goes first, so that a drift of the machine's speed does not
+      # always land on the same side.
+      if [ $((round % 2)) -eq 1 ]; then
+        run_pixellm "$shape" "$round"
+        run_pytorch "$shape" "$round"
+      else
+        run_pytorch "$shape" "$round"
+        run_pixellm "$shape" "$round"
+      fi
+    done
   done
   echo "reports: $out" >&2
 fi
@@ -99,18 +128,34 @@ from pathlib import Path
 out, cpu, cores, ram, *shapes = sys.argv[1:]
 print(f"machine: {cpu}, {cores} cores, {ram} RAM")
 status = 0
+
+
+def median(values):
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def reports(side, shape):
+    """Per-round reports (`SIDE-SHAPE-rN.json`), or the single one of older runs."""
+    files = sorted(Path(out).glob(f"{side}-{shape}-r*.json"))
+    files = files or [f for f in [Path(out) / f"{side}-{shape}.json"] if f.is_file()]
+    return [json.loads(f.read_text()) for f in files]
+
+
 for shape in shapes:
-    files = [Path(out) / f"{side}-{shape}.json" for side in ("pixellm", "pytorch")]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        print(f"\n{shape}: missing {', '.join(missing)}")
+    ours_all, theirs_all = reports("pixellm", shape), reports("pytorch", shape)
+    if not ours_all or not theirs_all or len(ours_all) != len(theirs_all):
+        print(f"\n{shape}: missing reports in {out} (pixellm {len(ours_all)}, PyTorch {len(theirs_all)})")
         status = 1
         continue
-    ours, theirs = (json.loads(f.read_text()) for f in files)
+    ours, theirs = ours_all[0], theirs_all[0]
+    rounds = len(ours_all)
     print(
         f"\nshape {shape}: prompt {ours['prompt_tokens']} + 256 image tokens, "
         f"{ours['new_tokens']} new tokens, {ours['targets']} targets, "
-        f"{ours['iters']} iterations, {ours.get('dtype', '?')}"
+        f"{ours['iters']} iterations" + (f" x {rounds} alternating rounds" if rounds > 1 else "")
+        + f", {ours.get('dtype', '?')}"
     )
     print(
         f"pixellm: {ours.get('backend', 'cpu')} ({ours.get('device', '?')}) | "
@@ -120,23 +165,35 @@ for shape in shapes:
     for key in ("prompt_tokens", "new_tokens", "targets", "iters"):
         if ours.get(key) != theirs.get(key):
             print(f"warning: {key} differs: pixellm {ours.get(key)}, PyTorch {theirs.get(key)}")
-    pt = {s["name"]: s for s in theirs["stages"]}
-    print(f"{'stage':<20} {'pixellm ms':>12} {'PyTorch ms':>12} {'ratio':>8}")
+    range_head = f" {'round ratios':>14}" if rounds > 1 else ""
+    print(f"{'stage':<20} {'pixellm ms':>12} {'PyTorch ms':>12} {'ratio':>8}{range_head}")
     for s in ours["stages"]:
-        a = s["median_ms"]
-        b = pt.get(s["name"], {}).get("median_ms")
-        if b is None:
-            print(f"{s['name']:<20} {a:>12.2f} {'-':>12} {'-':>8}")
-        else:
-            ratio = f"{a / b:.2f}" if b > 0 else "-"
-            print(f"{s['name']:<20} {a:>12.2f} {b:>12.2f} {ratio:>8}")
-    a, b = ours["decode_tokens_per_s"], theirs["decode_tokens_per_s"]
+        name = s["name"]
+        a_rounds = [next(x["median_ms"] for x in o["stages"] if x["name"] == name) for o in ours_all]
+        b_rounds = [
+            next((x["median_ms"] for x in t["stages"] if x["name"] == name), None)
+            for t in theirs_all
+        ]
+        a = median(a_rounds)
+        if None in b_rounds:
+            print(f"{name:<20} {a:>12.2f} {'-':>12} {'-':>8}")
+            continue
+        b = median(b_rounds)
+        ratio = f"{a / b:.2f}" if b > 0 else "-"
+        spread = ""
+        if rounds > 1:
+            ratios = [x / y for x, y in zip(a_rounds, b_rounds) if y > 0]
+            spread = f" {min(ratios):>6.2f}–{max(ratios):<7.2f}" if ratios else ""
+        print(f"{name:<20} {a:>12.2f} {b:>12.2f} {ratio:>8}{spread}")
+    a = median([o["decode_tokens_per_s"] for o in ours_all])
+    b = median([t["decode_tokens_per_s"] for t in theirs_all])
     print(
         f"{'decode tokens/s':<20} {a:>12.2f} {b:>12.2f} {a / b if b else 0:>8.2f}"
         "   (here higher is better)"
     )
-    others = theirs.get("other_processes_cpu_share")
-    if others is not None and others > 0.05:
-        print(f"warning: other processes used {others:.0%} of the CPU during the PyTorch run")
+    for t in theirs_all:
+        others = t.get("other_processes_cpu_share")
+        if others is not None and others > 0.05:
+            print(f"warning: other processes used {others:.0%} of the CPU during a PyTorch run")
 sys.exit(status)
 PY
