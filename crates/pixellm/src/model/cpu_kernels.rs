@@ -410,12 +410,19 @@ pub fn attention(
         return Err((q, k, v, key_padding));
     }
     let device = q.device();
-    let hidden: Option<Vec<bool>> = key_padding.as_ref().map(|m| {
-        m.clone()
+    // The hidden keys of each batch row, as indices: usually none or a few padded
+    // patches, so masking a score row costs what it hides rather than a test per key.
+    let hidden: Vec<Vec<usize>> = match &key_padding {
+        Some(m) => m
+            .clone()
             .into_data()
             .try_to_vec::<bool>()
             .expect("a bool tensor's data is bool")
-    });
+            .chunks(lk)
+            .map(|row| (0..lk).filter(|&j| row[j]).collect())
+            .collect(),
+        None => vec![Vec::new(); b],
+    };
     let group = h / kh;
     // Output rows go straight into the `[B, Lq, H, dv]` layout that merging the heads
     // reads, so neither the inputs' head split nor the output's merge is a copy.
@@ -431,7 +438,7 @@ pub fn attention(
                     let q_head = q.at([bi, hi, 0, 0]);
                     let k_head = k.at([bi, kv, 0, 0]);
                     let v_head = v.at([bi, kv, 0, 0]);
-                    let hidden = hidden.as_deref().map(|m| &m[bi * lk..(bi + 1) * lk]);
+                    let hidden = &hidden[bi];
                     (0..blocks)
                         .into_par_iter()
                         .for_each_init(Vec::new, |scores, block| {
@@ -464,10 +471,8 @@ pub fn attention(
                                     keys
                                 };
                                 row[visible..].fill(f32::NEG_INFINITY);
-                                if let Some(hidden) = hidden {
-                                    for (s, _) in row.iter_mut().zip(hidden).filter(|(_, &m)| m) {
-                                        *s = f32::NEG_INFINITY;
-                                    }
+                                for &j in hidden.iter().take_while(|&&j| j < visible) {
+                                    row[j] = f32::NEG_INFINITY;
                                 }
                             }
                             dispatch!(softmax_rows_body(scores, keys, scale));
