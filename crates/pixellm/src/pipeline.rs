@@ -480,7 +480,7 @@ pub async fn read_f32_async<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
 }
 
 /// Display names of the `n` targets, from the words before each codebook group in the
-/// answer ("Sure, the dog is [SEG0] … [SEG5] and the cat is [SEG0] …" gives `the dog`,
+/// answer (`"Sure, the dog is [SEG0] … [SEG5] and the cat is [SEG0] …"` gives `the dog`,
 /// `the cat`); `target i` where the text names nothing.
 pub fn target_names(text: &str, n: usize) -> Vec<String> {
     let mut names = Vec::with_capacity(n);

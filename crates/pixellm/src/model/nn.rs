@@ -47,7 +47,9 @@ impl Linear {
 
     /// Applies the layer to the last dimension of `x`.
     ///
-    /// Folded to one 2-D `[rows, in] @ [in, out]` matmul over a transposed view: Burn's
+    /// f32 on the native CPU backend goes to `cpu_kernels::linear` (its own GEMV for one
+    /// row, the bias fused into the GEMM otherwise). Elsewhere the product is folded to one
+    /// 2-D `[rows, in] @ [in, out]` matmul over a transposed view: Burn's
     /// batched `linear` with a strided weight materialises it per call on the CPU backend
     /// (6× slower at decode shapes, measured), the 2-D path reads it in place.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
@@ -79,8 +81,9 @@ impl Linear {
     }
 }
 
-/// For a one-row product on the CPU backend, the number of row blocks to split the weight
-/// into so that the blocks' GEMVs run on every core.
+/// For a one-row product on the CPU backend that `cpu_kernels::linear` does not take (f16 /
+/// bf16), the number of row blocks to split the weight into so that the blocks' GEMVs run
+/// on every core.
 ///
 /// Burn's CPU matmul sends a one-row product to `gemm`'s GEMV, which runs on one thread
 /// whatever the matrix size: at decode that reads the weights at one core's memory

@@ -456,7 +456,7 @@ impl Tokenizer {
     /// skip_special_tokens=True)`. BOS/EOS/UNK and invalid ids (-200) are skipped,
     /// sentencepiece text runs are decoded with byte pieces joined into characters and
     /// the first "▁" of each run dropped, and runs and added tokens are joined with
-    /// single spaces ("is [SEG0] [SEG1] ... [SEG5] ."). Equal to feeding every id through
+    /// single spaces (`"is [SEG0] [SEG1] ... [SEG5] ."`). Equal to feeding every id through
     /// a [`StreamDecoder`].
     pub fn decode(&self, ids: &[i64]) -> String {
         let mut d = StreamDecoder::new();
@@ -534,7 +534,7 @@ impl Tokenizer {
         self.added.get(idx)
     }
 
-    /// The piece text of an id as the tokenizer sees it ("▁the", "<0x0A>", "[SEG0]"),
+    /// The piece text of an id as the tokenizer sees it (`"▁the"`, `"<0x0A>"`, `"[SEG0]"`),
     /// for debugging and test output; `None` for ids outside the vocabulary.
     pub fn id_to_piece(&self, id: i64) -> Option<&str> {
         if let Some((t, _)) = self.added_token(id) {
@@ -544,7 +544,7 @@ impl Tokenizer {
         v.kind(id).map(|_| v.pieces[id as usize].as_str())
     }
 
-    /// Id of an added token ("[SEG0]", "<im_start>") or of a base piece ("<s>", "▁the").
+    /// Id of an added token (`"[SEG0]"`, `"<im_start>"`) or of a base piece (`"<s>"`, `"▁the"`).
     pub fn id_of(&self, token: &str) -> Option<i64> {
         self.added_ids
             .get(token)

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 /// One entry of `ModelProto.pieces`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Piece {
-    /// The piece text ("▁the", "<0x0A>", "<s>", ...).
+    /// The piece text (`"▁the"`, `"<0x0A>"`, `"<s>"`, ...).
     pub piece: String,
     /// BPE merge priority: higher merges first.
     pub score: f32,
