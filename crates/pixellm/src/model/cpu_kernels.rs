@@ -1,21 +1,25 @@
-//! Vectorised, multi-threaded CPU kernels for the few ops where Burn's CPU backend falls
-//! short: everything built on `exp`.
+//! Vectorised, multi-threaded CPU kernels for the ops where Burn's CPU backend falls short:
+//! everything built on `exp`, one-row products, and anything that would copy a view.
 //!
 //! Burn 0.22's CPU backend (`flex`) evaluates `exp`, `sigmoid`, `silu` and the softmax inside
-//! its attention with the scalar libm `expf`, one element at a time, on one thread: at the
-//! mid shape CLIP's `quick_gelu` costs 49 ms per layer and an attention 112 ms (PyTorch's
-//! SDPA: 36 ms), half the vision tower. The kernels here compute the same functions with a
-//! branch-free `exp` (Cephes' polynomial, ≤ 2 ulp) that the compiler vectorises, over every
-//! core.
+//! its attention with the scalar libm `expf`, one element at a time, on one thread (mid
+//! shape: CLIP's `quick_gelu` 49 ms per layer, an attention 112 ms against PyTorch's SDPA
+//! 36 ms); it sends a one-row product to `gemm`'s single-threaded GEMV (decode at one core's
+//! bandwidth); and it copies strided views element by element. The kernels here compute the
+//! same functions with a branch-free `exp` (Cephes' polynomial, ≤ 2 ulp) that the compiler
+//! vectorises, over every core.
 //!
-//! They work in place on the tensor's own buffer: on the CPU backend `into_data` and
-//! `from_data` hand a uniquely owned, contiguous buffer over without copying. Each entry
-//! point returns `Err(x)` untouched when the tensor is not an f32 tensor on the CPU backend,
-//! and the caller then uses Burn's op, so every other backend and dtype keeps one code path.
+//! They reach the tensors' buffers through the backend's own tensor
+//! ([`Tensor::try_into_primitive`]): a uniquely owned buffer is changed in place, a shared
+//! one (a weight, a residual stream) and a strided view (split heads, a narrowed KV cache)
+//! are read where they are. Each entry point returns `Err(x)` untouched when a tensor is not
+//! f32 on the CPU backend, and the caller then uses Burn's op, so every other backend and
+//! dtype keeps one code path.
 
 // `Err` hands the caller's own tensor back (as large as the `Ok` one): no extra cost.
 #![allow(clippy::result_large_err)]
 
+use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::{DType, Device, Tensor};
 use rayon::prelude::*;
 
@@ -70,8 +74,9 @@ fn in_place<const D: usize>(
         return Err(x);
     }
     let (dims, device) = (x.dims(), x.device());
+    // Moved, not cloned: a uniquely owned buffer stays unique.
     let mut primitive = x
-        .try_into_primitive::<burn::backend::Flex>()
+        .try_into_primitive::<Flex>()
         .expect("an f32 tensor on the CPU device is a Flex tensor");
     let layout = primitive.layout();
     let whole_buffer = layout.is_contiguous()
@@ -80,12 +85,12 @@ fn in_place<const D: usize>(
     if whole_buffer {
         if let Some(values) = primitive.try_storage_mut::<f32>() {
             f(values);
-            return Ok(Tensor::from_primitive::<burn::backend::Flex>(primitive));
+            return Ok(Tensor::from_primitive::<Flex>(primitive));
         }
     }
     let mut values = match primitive.as_slice::<f32>() {
         Some(values) => values.to_vec(),
-        None => Tensor::<D>::from_primitive::<burn::backend::Flex>(primitive)
+        None => Tensor::<D>::from_primitive::<Flex>(primitive)
             .into_data()
             .try_into_vec::<f32>()
             .expect("an f32 tensor's data is f32"),
@@ -162,16 +167,13 @@ pub fn layer_norm_2d(
     in_place(x, |s| {
         s.par_chunks_mut(c * pixels).for_each(|image| {
             let starts: Vec<usize> = (0..pixels).step_by(run).collect();
-            let image_ptr = image.as_mut_ptr() as usize;
+            let image_ptr = SendPtr(image.as_mut_ptr());
             starts.par_iter().for_each(|&p0| {
                 let len = run.min(pixels - p0);
                 // SAFETY: tasks touch disjoint pixel runs `p0..p0 + len` of every channel
                 // plane of this image, all inside `image`.
                 let plane = |ch: usize| unsafe {
-                    std::slice::from_raw_parts_mut(
-                        (image_ptr as *mut f32).add(ch * pixels + p0),
-                        len,
-                    )
+                    std::slice::from_raw_parts_mut(image_ptr.get().add(ch * pixels + p0), len)
                 };
                 dispatch!(layer_norm_2d_body(&plane, c, len, &w, &b, eps));
             });
@@ -194,15 +196,19 @@ fn host_vec(t: &Tensor<1>) -> Vec<f32> {
         .expect("an f32 tensor's data is f32")
 }
 
-/// Runs `f` on a zero-copy view of `x`'s f32 values when `x` is a contiguous f32 tensor on
-/// the CPU backend (shared or not: the view holds one more reference to the buffer, so a
-/// model's weights are read in place).
-fn with_view<const D: usize, R>(x: &Tensor<D>, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+/// The CPU backend's own tensor behind `x`, sharing its buffer (one more reference, no
+/// copy), when `x` is an f32 tensor on the CPU backend.
+fn flex_tensor<const D: usize>(x: &Tensor<D>) -> Option<FlexTensor> {
     if !on_cpu(x) {
         return None;
     }
-    let primitive = x.clone().try_into_primitive::<burn::backend::Flex>().ok()?;
-    primitive.as_slice::<f32>().map(f)
+    x.clone().try_into_primitive::<Flex>().ok()
+}
+
+/// Runs `f` on `x`'s f32 values in place when `x` is a contiguous f32 tensor on the CPU
+/// backend (shared or not, so a model's weights are read where they are).
+fn with_view<const D: usize, R>(x: &Tensor<D>, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    flex_tensor(x)?.as_slice::<f32>().map(f)
 }
 
 /// `y = x·Wᵀ + b` for `x` `[rows, in]` and `W` `[out, in]` (PyTorch's layout) on the CPU
@@ -508,7 +514,8 @@ pub fn attention(
     )
 }
 
-/// A raw pointer the parallel tasks of [`attention`] write disjoint rows through.
+/// A raw pointer through which parallel tasks write disjoint parts of one buffer
+/// ([`attention`]'s output rows, [`layer_norm_2d`]'s pixel runs).
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 // SAFETY: every task writes rows no other task writes (see the use).
@@ -549,10 +556,7 @@ fn with_strided<const D: usize, R>(
     x: &Tensor<D>,
     f: impl FnOnce(StridedView<'_, D>) -> R,
 ) -> Option<R> {
-    if !on_cpu(x) {
-        return None;
-    }
-    let primitive = x.clone().try_into_primitive::<burn::backend::Flex>().ok()?;
+    let primitive = flex_tensor(x)?;
     let layout = primitive.layout();
     let mut strides = [0usize; D];
     for (s, &l) in strides.iter_mut().zip(layout.strides()) {
