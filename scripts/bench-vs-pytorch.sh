@@ -9,6 +9,9 @@
 #                median of each side's per-round medians and the range of the per-round
 #                ratios (default 1; use 2–3 on a shared VM, where the machine's speed
 #                drifts by 10–30 % within minutes)
+#   --blas LIB   pixellm's CPU matrix products in this CBLAS library (pixellm --blas; e.g.
+#                "$(scripts/fetch-mkl.sh)", the MKL that PyTorch's wheel also uses);
+#                default: $PIXELLM_BLAS if set, else the built-in kernels
 #   --out DIR    keep the JSON reports in DIR (default: a new directory under /tmp)
 #   --reuse DIR  run nothing: print the tables of DIR/pixellm-SHAPE.json and
 #                DIR/pytorch-SHAPE.json from an earlier run
@@ -50,6 +53,11 @@ while [ $# -gt 0 ]; do
       rounds="$2"
       shift 2
       ;;
+    --blas)
+      [ $# -ge 2 ] || { echo "error: --blas needs a library" >&2; exit 2; }
+      export PIXELLM_BLAS="$2"
+      shift 2
+      ;;
     --out)
       out="$2"
       shift 2
@@ -59,7 +67,7 @@ while [ $# -gt 0 ]; do
       shift 2
       ;;
     -h | --help)
-      sed -n '2,20s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+      sed -n '2,23s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
       exit 0
       ;;
     tiny | mid | 7b | 13b)

@@ -24,6 +24,11 @@ static PROGRESS_LINE_OPEN: AtomicBool = AtomicBool::new(false);
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// CBLAS library for the CPU backend's f32 matrix products: Intel MKL's libmkl_rt
+    /// (scripts/fetch-mkl.sh), OpenBLAS (libopenblas.so.0), BLIS; a path or a library name.
+    /// Default: the built-in kernels.
+    #[arg(long, global = true, env = "PIXELLM_BLAS", value_name = "LIBRARY")]
+    blas: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -122,6 +127,15 @@ struct SegmentArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(library) = cli.blas.as_deref().filter(|l| !l.is_empty()) {
+        match pixellm::backend::load_cpu_blas(library) {
+            Ok(name) => eprintln!("CPU matmul: {name}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let result = match cli.command {
         Command::Segment(args) => segment(args),
         Command::Devices => devices(),

@@ -13,11 +13,60 @@ fn pixellm() -> Command {
 
 #[test]
 fn segment_writes_result_masks_overlay_and_logits() {
+    segment_matches_the_goldens(None);
+}
+
+/// The same run with the CPU's matrix products in a CBLAS library: `PIXELLM_TEST_BLAS`, else
+/// the system OpenBLAS. Without one the test says so and passes, unless
+/// `PIXELLM_REQUIRE_BLAS=1` (CI) makes that a failure.
+#[test]
+fn segment_with_a_cpu_blas_matches_the_goldens() {
+    let library = std::env::var("PIXELLM_TEST_BLAS").unwrap_or("libopenblas.so.0".into());
+    let probe = pixellm()
+        .args(["--blas", &library, "devices"])
+        .output()
+        .unwrap();
+    if !probe.status.success() {
+        let why = String::from_utf8_lossy(&probe.stderr);
+        if std::env::var("PIXELLM_REQUIRE_BLAS").is_ok_and(|v| v == "1") {
+            panic!("PIXELLM_REQUIRE_BLAS=1 but {why}");
+        }
+        eprintln!("skipping: {why}");
+        return;
+    }
+    segment_matches_the_goldens(Some(&library));
+}
+
+#[test]
+fn a_blas_that_cannot_be_loaded_is_a_one_line_error() {
+    for library in ["/nonexistent/libmkl_rt.so", "libc.so.6"] {
+        let run = pixellm()
+            .args(["--blas", library, "devices"])
+            .output()
+            .unwrap();
+        assert!(!run.status.success(), "{library}: exit status");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            stderr.starts_with("error: ")
+                && stderr.contains(library)
+                && stderr.lines().count() == 1,
+            "{stderr}"
+        );
+    }
+}
+
+fn segment_matches_the_goldens(blas: Option<&str>) {
     let case = Case::load(CASES[1]);
-    let out = std::env::temp_dir().join(format!("pixellm-cli-test-{}", std::process::id()));
+    let tag = if blas.is_some() { "blas" } else { "test" };
+    let out = std::env::temp_dir().join(format!("pixellm-cli-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let answer = case.json["teacher_forced"]["answer"].as_str().unwrap();
-    let run = pixellm()
+    let mut cmd = pixellm();
+    match blas {
+        Some(library) => cmd.args(["--blas", library]),
+        None => cmd.env_remove("PIXELLM_BLAS"),
+    };
+    let run = cmd
         .args(["segment", "--model"])
         .arg(kit().join("checkpoint-bin"))
         .arg("--image")
@@ -35,6 +84,12 @@ fn segment_writes_result_masks_overlay_and_logits() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "pixellm failed: {stderr}");
+    if let Some(library) = blas {
+        assert!(
+            stderr.contains("CPU matmul: ") && stderr.contains(library),
+            "the loaded BLAS is named: {stderr}"
+        );
+    }
     assert!(
         String::from_utf8_lossy(&run.stdout).contains(answer),
         "answer streamed to stdout"

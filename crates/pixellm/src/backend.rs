@@ -133,6 +133,29 @@ fn wgpu_device(backend: Backend) -> Result<Device> {
     })
 }
 
+/// Loads a CBLAS library (Intel MKL's `libmkl_rt`, OpenBLAS, BLIS; a path or a name the
+/// dynamic loader finds) for the CPU backend's f32 matrix products in this process, and
+/// returns what was loaded. Without one the products use the built-in `gemm` kernels; MKL
+/// is 20–40 % faster on the vision tower and prefill shapes of an AVX-512 Xeon
+/// (`docs/performance.md`). Errors name the library and what is wrong with it.
+pub fn load_cpu_blas(library: &str) -> Result<String> {
+    #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
+    return crate::model::cpu_blas::load(library);
+    #[cfg(not(all(feature = "cpu", not(target_family = "wasm"))))]
+    Err(Error::Backend(format!(
+        "cannot load {library}: a CPU BLAS needs the native `cpu` backend, which this build lacks"
+    )))
+}
+
+/// What computes the CPU backend's f32 matrix products: "built-in (gemm crate)" or the
+/// library [`load_cpu_blas`] loaded.
+pub fn cpu_matmul() -> String {
+    #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
+    return crate::model::cpu_blas::describe();
+    #[cfg(not(all(feature = "cpu", not(target_family = "wasm"))))]
+    "built-in".to_string()
+}
+
 /// A human-readable name of the hardware behind `device` ("llvmpipe (LLVM 15.0.6, 256
 /// bits)", "NVIDIA H100 PCIe", "CPU").
 pub fn describe(device: &Device) -> String {

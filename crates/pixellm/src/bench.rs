@@ -506,7 +506,11 @@ pub fn run(
         .collect();
     Ok(BenchReport {
         options: options.clone(),
-        device: crate::backend::describe(device),
+        device: match crate::backend::describe(device) {
+            // The CPU's products can come from a loaded BLAS: part of what was measured.
+            cpu if cpu == "CPU" => format!("CPU, matmul: {}", crate::backend::cpu_matmul()),
+            other => other,
+        },
         dtype,
         stages,
         copy_gb_s,

@@ -212,7 +212,7 @@ fn with_view<const D: usize, R>(x: &Tensor<D>, f: impl FnOnce(&[f32]) -> R) -> O
 }
 
 /// `y = x·Wᵀ + b` for `x` `[rows, in]` and `W` `[out, in]` (PyTorch's layout) on the CPU
-/// backend; `Err(x)` for another backend or dtype, a strided operand or mismatched shapes.
+/// backend; `Err(x)` for another backend or dtype, a strided weight or mismatched shapes.
 ///
 /// One row (decode) goes to [`gemv`]: Burn's one-row matmul is `gemm`'s single-threaded
 /// GEMV (one core's bandwidth). More rows go to `gemm` over the weight in place, with the
@@ -231,19 +231,28 @@ pub fn linear(
     }
     let bias = bias.map(host_vec);
     let out = with_view(weight, |w| {
-        with_view(&x, |xs| {
+        // `x` may be a view (the projectors' inputs are transposes and concatenations of
+        // the vision tower's outputs): read through its strides rather than copied.
+        with_strided(&x, |xv| {
+            let xs = &xv.data[xv.offset..];
+            let [rs, cs] = xv.strides;
             let mut y = match &bias {
                 Some(b) => b.repeat(rows),
                 None => vec![0.0; rows * d_out],
             };
             if rows == 1 {
-                gemv(&mut y, w, xs);
+                if cs == 1 {
+                    gemv(&mut y, w, &xs[..d_in]);
+                } else {
+                    let row: Vec<f32> = (0..d_in).map(|i| xs[i * cs]).collect();
+                    gemv(&mut y, w, &row);
+                }
             } else {
                 let parallel = rows * d_out * d_in >= PARALLEL_GEMM;
                 matmul_into(
                     &mut y,
                     [rows, d_out, d_in],
-                    (xs, d_in, 1),
+                    (xs, rs, cs),
                     (w, 1, d_in),
                     bias.is_some(),
                     parallel,
@@ -612,6 +621,23 @@ unsafe fn matmul_raw(
     let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
     assert!(m > 0 && n > 0 && k > 0);
     assert!(last(m, k, lhs_rs, lhs_cs) < lhs.len() && last(k, n, rhs_rs, rhs_cs) < rhs.len());
+    if let Some(blas) = super::cpu_blas::loaded() {
+        // SAFETY: the asserts above and the caller's promise are `Blas::matmul`'s contract.
+        let done = unsafe {
+            blas.matmul(
+                dst,
+                dst_rs,
+                [m, n, k],
+                (lhs, lhs_rs, lhs_cs),
+                (rhs, rhs_rs, rhs_cs),
+                accumulate,
+                parallel,
+            )
+        };
+        if done {
+            return;
+        }
+    }
     // SAFETY: the asserts keep every element each operand view addresses inside its slice;
     // the caller vouches for `dst`.
     unsafe {
@@ -919,14 +945,17 @@ mod tests {
     #[test]
     fn linear_matches_the_definition_and_leaves_the_weight_shared() {
         // Shapes cover the one-row GEMV (serial and threaded, a width that is not a multiple
-        // of 32 and a row count that is not one of 4) and the multi-row `gemm` path.
-        for &(rows, d_in, d_out, with_bias) in &[
-            (1, 37, 9, true),
-            (1, 1000, 1030, true),
-            (1, 2048, 257, false),
-            (3, 37, 9, true),
-            (70, 300, 130, true),
-            (70, 300, 130, false),
+        // of 32 and a row count that is not one of 4) and the multi-row `gemm` path; `x`
+        // row-major and as a transposed view (read through its strides).
+        for &(rows, d_in, d_out, with_bias, x_transposed) in &[
+            (1, 37, 9, true, false),
+            (1, 1000, 1030, true, false),
+            (1, 2048, 257, false, false),
+            (1, 40, 9, true, true),
+            (3, 37, 9, true, false),
+            (70, 300, 130, true, false),
+            (70, 300, 130, false, false),
+            (70, 300, 130, true, true),
         ] {
             let value = |i: usize, m: usize| ((i * 7919 % m) as f32 / m as f32) - 0.5;
             let xs: Vec<f32> = (0..rows * d_in).map(|i| value(i, 101)).collect();
@@ -934,7 +963,15 @@ mod tests {
             let bs: Vec<f32> = (0..d_out).map(|i| value(i, 13)).collect();
             let weight = cpu_tensor(ws.clone(), [d_out, d_in]);
             let bias = with_bias.then(|| cpu_tensor(bs.clone(), [d_out]));
-            let y = linear(cpu_tensor(xs.clone(), [rows, d_in]), &weight, bias.as_ref())
+            let x = if x_transposed {
+                let xt: Vec<f32> = (0..d_in * rows)
+                    .map(|i| xs[(i % rows) * d_in + i / rows])
+                    .collect();
+                cpu_tensor(xt, [d_in, rows]).swap_dims(0, 1)
+            } else {
+                cpu_tensor(xs.clone(), [rows, d_in])
+            };
+            let y = linear(x, &weight, bias.as_ref())
                 .unwrap_or_else(|_| panic!("CPU f32 operands take the kernel"));
             assert_eq!(y.dims(), [rows, d_out]);
             let y = y.into_data().try_to_vec::<f32>().unwrap();

@@ -6,6 +6,8 @@
 
 pub mod codebook;
 #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
+pub(crate) mod cpu_blas;
+#[cfg(all(feature = "cpu", not(target_family = "wasm")))]
 mod cpu_kernels;
 pub mod llm;
 pub mod mask_decoder;
