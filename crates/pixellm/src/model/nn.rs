@@ -187,6 +187,20 @@ impl LayerNorm2d {
     }
 }
 
+/// 2-D convolution without bias, one group, square `stride` and `padding`
+/// (`weight` `[O, C, kh, kw]`): `[N, C, H, W]` -> `[N, O, Ho, Wo]`. On the native CPU
+/// backend as one matrix product per image (`cpu_kernels::conv2d`), Burn's `conv2d`
+/// elsewhere.
+pub fn conv2d(x: Tensor<4>, weight: &Tensor<4>, stride: usize, padding: usize) -> Tensor<4> {
+    cpu_kernel_or!(x = conv2d(x, weight, stride, padding));
+    module::conv2d(
+        x,
+        weight.clone(),
+        None,
+        burn::tensor::ops::ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
+    )
+}
+
 /// LLaMA `RMSNorm`: `x · rsqrt(mean(x²) + ε) · w`.
 #[derive(Debug, Clone)]
 pub struct RmsNorm {

@@ -4,9 +4,9 @@
 //! Reference: PixelLM `model/llava/model/multimodal_encoder/clip_encoder.py` (commit
 //! `ebf0792`) and transformers 4.31 `modeling_clip.py`. Spec §2.6, §5.3.
 
-use burn::tensor::{module, ops::ConvOptions, Bool, Tensor};
+use burn::tensor::{Bool, Tensor};
 
-use super::nn::{multi_head_attention, quick_gelu, LayerNorm, Linear};
+use super::nn::{conv2d, multi_head_attention, quick_gelu, LayerNorm, Linear};
 use super::params::Params;
 use super::resize::bilinear_host;
 use crate::config::ClipVisionConfig;
@@ -147,12 +147,7 @@ impl VisionTower {
     /// - `pixels`: `[1, 3, S, S]`
     /// - `key_padding`: `[1 + (S/patch)²]`, `true` for padded patches (never for CLS)
     pub fn forward(&self, pixels: Tensor<4>, key_padding: Option<Tensor<1, Bool>>) -> VisionOutput {
-        let x = module::conv2d(
-            pixels,
-            self.patch_embedding.clone(),
-            None,
-            ConvOptions::new([self.patch, self.patch], [0, 0], [1, 1], 1),
-        );
+        let x = conv2d(pixels, &self.patch_embedding, self.patch, 0);
         let [b, d, gh, gw] = x.dims();
         let patches = x.reshape([b, d, gh * gw]).swap_dims(1, 2);
         let cls = self
