@@ -359,6 +359,50 @@ pub fn conv2d(
     }
 }
 
+/// `Ry · X · Rxᵀ` for every `[h, w]` plane of `x` `[B, C, h, w]`, with `ry` `[ho, h]` and
+/// `rx` `[wo, w]` host matrices (a separable resize, see `resize::resize_with`), on the CPU
+/// backend; `Err(x)` for another backend or dtype. Burn's batched matmul broadcasts the
+/// matrices over the planes; here they are read once, in place.
+pub fn resize(
+    x: Tensor<4>,
+    ry: &[f32],
+    rx: &[f32],
+    (ho, wo): (usize, usize),
+) -> Result<Tensor<4>, Tensor<4>> {
+    let [b, c, h, w] = x.dims();
+    if ry.len() != ho * h || rx.len() != wo * w || b * c * h * w * ho * wo == 0 || !on_cpu(&x) {
+        return Err(x);
+    }
+    let out = with_strided(&x, |xv| {
+        let [s0, s1, s2, s3] = xv.strides;
+        let mut y = vec![0f32; b * c * ho * wo];
+        let mut rows = vec![0f32; h * wo];
+        for (plane, y) in y.chunks_mut(ho * wo).enumerate() {
+            let at = xv.offset + plane / c * s0 + plane % c * s1;
+            // X · Rxᵀ: `[h, w] · [w, wo]`, Rx read transposed through its strides.
+            let parallel = h * wo * w >= PARALLEL_GEMM;
+            matmul_into(
+                &mut rows,
+                [h, wo, w],
+                (&xv.data[at..], s2, s3),
+                (rx, 1, w),
+                false,
+                parallel,
+            );
+            let parallel = ho * wo * h >= PARALLEL_GEMM;
+            matmul_into(y, [ho, wo, h], (ry, h, 1), (&rows, wo, 1), false, parallel);
+        }
+        y
+    });
+    match out {
+        Some(y) => Ok(Tensor::from_data(
+            burn::tensor::TensorData::new(y, [b, c, ho, wo]),
+            &x.device(),
+        )),
+        None => Err(x),
+    }
+}
+
 /// Multiply-adds from which a product is spread over the thread pool (Burn's CPU backend
 /// uses the same threshold).
 const PARALLEL_GEMM: usize = 192 * 192 * 192;
@@ -1082,6 +1126,50 @@ mod tests {
         // Mismatched widths are handed back for Burn's op to report.
         let weight = cpu_tensor(vec![0.0; 6], [2, 3]);
         assert!(linear(cpu_tensor(vec![0.0; 4], [1, 4]), &weight, None).is_err());
+    }
+
+    #[test]
+    fn resize_matches_the_definition() {
+        let (b, c, h, w, ho, wo) = (2, 3, 7, 5, 11, 4);
+        let value = |i: usize, m: usize| ((i * 7919 % m) as f32 / m as f32) - 0.5;
+        let xs: Vec<f32> = (0..b * c * h * w).map(|i| value(i, 97)).collect();
+        let ry: Vec<f32> = (0..ho * h).map(|i| value(i, 31)).collect();
+        let rx: Vec<f32> = (0..wo * w).map(|i| value(i, 37)).collect();
+        // Row-major, and the same values as a transposed view.
+        let transposed: Vec<f32> = (0..xs.len())
+            .map(|i| {
+                let (plane, x, y) = (i / (h * w), i / h % w, i % h);
+                xs[plane * h * w + y * w + x]
+            })
+            .collect();
+        for x in [
+            cpu_tensor(xs.clone(), [b, c, h, w]),
+            cpu_tensor(transposed, [b, c, w, h]).swap_dims(2, 3),
+        ] {
+            let got = resize(x, &ry, &rx, (ho, wo))
+                .unwrap_or_else(|_| panic!("CPU f32 operands take the kernel"));
+            assert_eq!(got.dims(), [b, c, ho, wo]);
+            let got = got.into_data().try_to_vec::<f32>().unwrap();
+            for plane in 0..b * c {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let mut want = 0f64;
+                        for y in 0..h {
+                            for x in 0..w {
+                                want += ry[oy * h + y] as f64
+                                    * xs[plane * h * w + y * w + x] as f64
+                                    * rx[ox * w + x] as f64;
+                            }
+                        }
+                        let g = got[(plane * ho + oy) * wo + ox] as f64;
+                        assert!(
+                            (g - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{g} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
