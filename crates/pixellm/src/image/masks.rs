@@ -56,16 +56,19 @@ pub fn mask_stats(logits: &[f32], w: usize, h: usize) -> MaskStats {
     check_len(logits, w, h);
     let mut area = 0;
     let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
-    for y in 0..h {
-        for (x, &m) in logits[y * w..(y + 1) * w].iter().enumerate() {
-            if m > 0.0 {
-                area += 1;
-                x0 = x0.min(x);
-                x1 = x1.max(x + 1);
-                y0 = y0.min(y);
-                y1 = y1.max(y + 1);
-            }
+    for (y, row) in logits.chunks_exact(w.max(1)).take(h).enumerate() {
+        // The count vectorises; the ends are searched only in rows that have foreground.
+        let n = row.iter().filter(|&&m| m > 0.0).count();
+        if n == 0 {
+            continue;
         }
+        area += n;
+        let first = row.iter().position(|&m| m > 0.0).unwrap_or(0);
+        let last = row.iter().rposition(|&m| m > 0.0).unwrap_or(0);
+        x0 = x0.min(first);
+        x1 = x1.max(last + 1);
+        y0 = y0.min(y);
+        y1 = y + 1;
     }
     MaskStats {
         area,
@@ -221,6 +224,25 @@ mod tests {
                 bbox: None
             }
         );
+        // Against the per-pixel definition on a sparse pseudo-random mask with empty rows.
+        let (w, h) = (37, 23);
+        let m: Vec<f32> = (0..w * h)
+            .map(|i| if (i * 7919) % 97 < 5 { 1.0 } else { -1.0 })
+            .collect();
+        let fg: Vec<(usize, usize)> = (0..w * h)
+            .filter(|&i| m[i] > 0.0)
+            .map(|i| (i % w, i / w))
+            .collect();
+        let want = MaskStats {
+            area: fg.len(),
+            bbox: Some([
+                fg.iter().map(|p| p.0).min().unwrap(),
+                fg.iter().map(|p| p.1).min().unwrap(),
+                fg.iter().map(|p| p.0).max().unwrap() + 1,
+                fg.iter().map(|p| p.1).max().unwrap() + 1,
+            ]),
+        };
+        assert_eq!(mask_stats(&m, w, h), want);
     }
 
     #[test]
