@@ -135,9 +135,9 @@ fn wgpu_device(backend: Backend) -> Result<Device> {
 
 /// Loads a CBLAS library (Intel MKL's `libmkl_rt`, OpenBLAS, BLIS; a path or a name the
 /// dynamic loader finds) for the CPU backend's f32 matrix products in this process, and
-/// returns what was loaded. Without one the products use the built-in `gemm` kernels; MKL
-/// is 20–40 % faster on the vision tower and prefill shapes of an AVX-512 Xeon
-/// (`docs/performance.md`). Errors name the library and what is wrong with it.
+/// returns what was loaded. Without one the products use the built-in `gemm` kernels; with
+/// MKL the products of the vision tower and prefill ran 20–40 % faster on a 2-core AVX-512
+/// Xeon (`docs/performance.md`). Errors name the library and what is wrong with it.
 pub fn load_cpu_blas(library: &str) -> Result<String> {
     #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
     return crate::model::cpu_blas::load(library);

@@ -1,16 +1,17 @@
 //! An optional CBLAS library (Intel MKL, OpenBLAS, BLIS) for the CPU backend's f32 matrix
 //! products, loaded at run time.
 //!
-//! Why: the `gemm` crate behind the CPU kernels reaches 140–165 GFLOPS on the vision-tower
+//! Why: the `gemm` crate behind the CPU kernels reaches 100–165 GFLOPS on the vision-tower
 //! and prefill shapes of a 2-core AVX-512 Xeon, where MKL's `sgemm` (what PyTorch uses)
-//! reaches 175–230 (`docs/performance.md`). Linking a BLAS at build time would make every
+//! reaches 170–220 (`docs/performance.md`). Linking a BLAS at build time would make every
 //! build need one; loading it on request keeps the default build pure Rust and lets a user
 //! point at whichever library the machine has (`pixellm --blas`, [`load`]).
 //!
 //! The library is asked to run single-threaded (MKL's sequential layer,
 //! `openblas_set_num_threads(1)`, BLIS's `bli_thread_set_num_threads(1)`) and is called
 //! from the CPU backend's own thread pool on blocks of rows: two thread pools on the same
-//! cores slow each other down, and row blocks measured as fast as MKL's own threading.
+//! cores get in each other's way, and row blocks measured at least as fast as MKL's own
+//! threading.
 
 use std::sync::OnceLock;
 
