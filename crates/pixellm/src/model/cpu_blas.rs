@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use super::cpu_kernels::SendPtr;
 use crate::error::{Error, Result};
 
 /// `cblas_sgemm` (row-major/col-major, trans flags, m, n, k, alpha, A, lda, B, ldb, beta,
@@ -45,6 +46,9 @@ const TRANS: i32 = 112;
 /// A loaded CBLAS library.
 pub(crate) struct Blas {
     sgemm: CblasSgemm,
+    /// What the caller passed to [`load`].
+    library: String,
+    /// Vendor and library, for reports.
     name: String,
     // Keeps the code behind `sgemm` mapped.
     _library: libloading::Library,
@@ -61,7 +65,7 @@ static LOADED: OnceLock<Blas> = OnceLock::new();
 /// loaded, loading another fails; loading the same one again is a no-op.
 pub fn load(library: &str) -> Result<String> {
     if let Some(blas) = LOADED.get() {
-        return if blas.name.ends_with(&format!("({library})")) {
+        return if blas.library == library {
             Ok(blas.name.clone())
         } else {
             Err(Error::Backend(format!(
@@ -104,6 +108,7 @@ impl Blas {
         let vendor = single_threaded(&lib);
         let blas = Blas {
             sgemm,
+            library: library.to_string(),
             name: format!("{vendor} ({library})"),
             _library: lib,
         };
@@ -163,12 +168,11 @@ impl Blas {
         else {
             return false;
         };
-        let fits = |v: usize| i32::try_from(v).is_ok();
         if !(fits(m) && fits(n) && fits(k) && fits(dst_rs.max(n))) {
             return false;
         }
         let beta = if accumulate { 1.0 } else { 0.0 };
-        let call = |dst: usize, rows: usize, lhs: *const f32| {
+        let call = |dst: SendPtr, rows: usize, lhs: *const f32| {
             // SAFETY: `operand` checked that the view's leading dimension covers its rows
             // or columns, the caller vouches for the slices and `dst`; row block `rows`
             // starting at `lhs`/`dst` stays inside both.
@@ -186,7 +190,7 @@ impl Blas {
                     rhs.as_ptr(),
                     b.ld as i32,
                     beta,
-                    dst as *mut f32,
+                    dst.get(),
                     dst_rs.max(n) as i32,
                 )
             }
@@ -198,22 +202,33 @@ impl Blas {
         };
         // Blocks of at least 32 rows; fewer rows than that run on this thread.
         let blocks = threads.min(m / 32).max(1);
+        let dst = SendPtr(dst);
         if blocks == 1 {
-            call(dst as usize, m, lhs.as_ptr());
+            call(dst, m, lhs.as_ptr());
         } else {
             let per = m.div_ceil(blocks);
-            let dst = dst as usize;
             (0..blocks).into_par_iter().for_each(|i| {
                 let r0 = i * per;
                 if r0 < m {
-                    // SAFETY: row `r0` of the lhs view and of `dst` exist (`r0 < m`).
-                    let lhs = unsafe { lhs.as_ptr().add(r0 * lhs_rs) };
-                    call(dst + r0 * dst_rs * 4, per.min(m - r0), lhs);
+                    // SAFETY: row `r0` of the lhs view and of `dst` exist (`r0 < m`); each
+                    // block writes only its own rows of `dst`.
+                    let (lhs, dst) = unsafe {
+                        (
+                            lhs.as_ptr().add(r0 * lhs_rs),
+                            SendPtr(dst.get().add(r0 * dst_rs)),
+                        )
+                    };
+                    call(dst, per.min(m - r0), lhs);
                 }
             });
         }
         true
     }
+}
+
+/// Whether `v` fits CBLAS's 32-bit integers.
+fn fits(v: usize) -> bool {
+    i32::try_from(v).is_ok()
 }
 
 /// How CBLAS reads a row-major `[rows, cols]` view with the given strides.
@@ -226,7 +241,6 @@ struct Operand {
 /// when `cs == 1`, the transpose of a row-major `[cols, rows]` when `rs == 1`; `None`
 /// otherwise (a broadcast, a doubly strided view).
 fn operand(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<Operand> {
-    let fits = |v: usize| i32::try_from(v).is_ok();
     // A single row or column makes the other stride irrelevant; CBLAS still wants a
     // leading dimension at least as long as a row.
     let rs = if rows == 1 { rs.max(cols) } else { rs };

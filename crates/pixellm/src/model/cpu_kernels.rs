@@ -645,15 +645,16 @@ pub fn attention(
 }
 
 /// A raw pointer through which parallel tasks write disjoint parts of one buffer
-/// ([`attention`]'s output rows, [`layer_norm_2d`]'s pixel runs).
+/// ([`attention`]'s output rows, [`layer_norm_2d`]'s pixel runs, a BLAS product's row
+/// blocks).
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(pub(super) *mut f32);
 // SAFETY: every task writes rows no other task writes (see the use).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }
