@@ -4,14 +4,18 @@
 # cpu, wgpu and cuda backends, the parity/half test binaries, and Debian's Vulkan loader
 # packages (that machine has the NVIDIA ICD but maybe no loader).
 #
-# Output: .gpu-bundle/ (git-ignored). Carry it (and .gl/) to the GPU machine.
+# Output: .gpu-bundle/ (git-ignored) and .gl/. Carry what each call needs (below) and .gl/.
 #
-# Size: the device tool sends at most 64 MiB (working tree + carried paths) and
-# tests/fixtures/ alone is ~57 MB, so before sending, take the fixtures out of the
-# tree and carry the one case the check needs:
+# Size: the device tool sends at most 64 MiB (working tree + carried paths). Each binary is
+# ~130 MB (cubecl-cuda links LLVM whatever its features), ~24 MB xz-compressed
+# (scripts/gpu-env.sh unpacks them there): pixellm.xz (carry it for scripts/gpu-bench.sh)
+# and tests.tar.xz (the `parity` and `half` suites in one archive with a large dictionary,
+# ~29 MB: carry it with kit/, ~30 MB, for scripts/gpu-check.sh). One call cannot carry all
+# three: two calls, the bench first, the check right after on the still-warm machine (its
+# CLI step uses the pixellm the first call unpacked there). tests/fixtures/ alone is ~57 MB,
+# so before sending, take the fixtures out of the tree (the check reads .gpu-bundle/kit/):
 #   git rm -r -q --cached tests/fixtures && echo /tests/fixtures/ >> .git/info/exclude
 #   (and undo with: git reset -q tests/fixtures; sed -i '\#/tests/fixtures/#d' .git/info/exclude)
-# gpu-check.sh reads the kit from .gpu-bundle/kit/ (a trimmed copy made below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,8 +34,19 @@ for l in sys.stdin:
 
 rm -rf .gpu-bundle && mkdir -p .gpu-bundle/kit/cases
 cp target/release/pixellm .gpu-bundle/
-echo "$tests" | while read -r name exe; do cp "$exe" ".gpu-bundle/$name"; done
-strip .gpu-bundle/* 2>/dev/null || true
+echo "$tests" | while read -r name exe; do
+  case "$name" in parity | half) cp "$exe" ".gpu-bundle/$name" ;; esac
+done
+(
+  cd .gpu-bundle
+  strip pixellm parity half
+  # One core each; the 400 MiB dictionary spans a whole binary, so the two suites (which
+  # share most bytes) cost little more than one.
+  xz -T1 -9 pixellm &
+  tar cf - parity half | xz -T1 --lzma2=preset=9,dict=400MiB >tests.tar.xz
+  wait
+  rm parity half
+)
 kit=tests/fixtures/conformance
 cp -r $kit/checkpoint $kit/clip-vit-tiny-patch14-336 $kit/common_golden.safetensors .gpu-bundle/kit/
 cp -r $kit/cases/p1_landscape_480x360 .gpu-bundle/kit/cases/

@@ -23,12 +23,15 @@ stages of `crates/pixellm/src/bench.rs`, with the same names and the same conten
   end to end         the whole iteration
 
 Every stage is timed after one warm-up iteration. CPU PyTorch is synchronous, so the
-wall time of each stage is its own work.
+wall time of each stage is its own work; on `--device cuda` each stage ends with
+`torch.cuda.synchronize()` (as ours synchronises the device at each stage's end). With
+`--dtype bf16|f16` every module is built in f32 on the device and then cast (the official
+code keeps a few f32 islands; this baseline runs all of it in the half type).
 
 Usage:
   compare-pytorch.py --shape tiny|mid|7b|13b [--prompt-tokens 300] [--new-tokens 32]
                      [--targets 2] [--iters 3] [--attn sdpa|eager] [--vision-full]
-                     [--json FILE]
+                     [--device cpu|cuda] [--dtype f32|bf16|f16] [--json FILE]
 """
 
 from __future__ import annotations
@@ -426,10 +429,16 @@ class Model:
         self.decoder = PixelDecoder(l["hidden"], self.grid).eval()
         self.attn = self.llm.config._attn_implementation
 
-    def parameters(self) -> int:
+    def modules(self) -> list[nn.Module]:
         mods = [self.vision, self.mm_projector, self.out_mm_projector, self.neck]
-        mods += [self.llm, self.decoder]
-        return sum(p.numel() for m in mods for p in m.parameters())
+        return mods + [self.llm, self.decoder]
+
+    def parameters(self) -> int:
+        return sum(p.numel() for m in self.modules() for p in m.parameters())
+
+    def cast(self, dtype: torch.dtype) -> None:
+        for m in self.modules():
+            m.to(dtype)
 
     def run_vision(self, pixels):
         out = self.vision(pixel_values=pixels, output_hidden_states=True)
@@ -534,15 +543,27 @@ def peak_host_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
+
 def run(args) -> dict:
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    cuda = device.type == "cuda"
+    # Modules, ids and masks are created where they run (no host copies of the weights).
+    torch.set_default_device(device)
 
-    log(f"building the {args.shape} model with random weights (f32)…")
+    log(f"building the {args.shape} model with random weights ({args.dtype}, {device})…")
     t = time.perf_counter()
     model = Model(args.shape, args.attn, args.vision_full)
+    if dtype != torch.float32:
+        model.cast(dtype)
+    if cuda:
+        torch.cuda.synchronize()
     build_ms = (time.perf_counter() - t) * 1e3
     log(f"  {model.parameters() / 1e6:.1f} M parameters in {build_ms / 1e3:.1f} s")
 
@@ -553,7 +574,9 @@ def run(args) -> dict:
         )
     image = test_image()
     ids = prompt_ids(args.prompt_tokens, model.vocab)
-    seg_hidden = torch.rand(6 * args.targets, model.hidden) * 2 - 1
+    seg_hidden = (torch.rand(6 * args.targets, model.hidden) * 2 - 1).to(dtype)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
 
     samples: list[list[float]] = [[] for _ in STAGES]
     cpu_share = None
@@ -565,11 +588,14 @@ def run(args) -> dict:
 
             def stop():
                 nonlocal lap
+                if cuda:
+                    torch.cuda.synchronize()
                 now = time.perf_counter()
                 times.append((now - lap) * 1e3)
                 lap = now
 
             pixels, resized, original = preprocess(image)
+            pixels = pixels.to(device, dtype)
             stop()
             deep, shallow = model.run_vision(pixels)
             stop()
@@ -595,10 +621,14 @@ def run(args) -> dict:
 
     stages = [{"name": n, **summary(s)} for n, s in zip(STAGES, samples)]
     decode = next(s for s in stages if s["name"] == "decode")
+    if cuda:
+        name = f"PyTorch CUDA ({torch.cuda.get_device_name(device)})"
+    else:
+        name = f"PyTorch CPU ({platform.processor() or platform.machine()})"
     return {
         "shape": args.shape,
-        "device": f"PyTorch CPU ({platform.processor() or platform.machine()})",
-        "dtype": "F32",
+        "device": name,
+        "dtype": {"f32": "F32", "bf16": "BF16", "f16": "F16"}[args.dtype],
         "prompt_tokens": args.prompt_tokens,
         "new_tokens": args.new_tokens,
         "targets": args.targets,
@@ -607,6 +637,7 @@ def run(args) -> dict:
         "decode_tokens_per_s": args.new_tokens / (decode["median_ms"] / 1e3),
         "build_ms": build_ms,
         "peak_host_bytes": peak_host_bytes(),
+        "peak_device_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "threads": torch.get_num_threads(),
@@ -663,6 +694,8 @@ def main() -> None:
         action="store_true",
         help="run every CLIP block (default: only up to layer -2, as PixelLM and ours)",
     )
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--dtype", choices=DTYPES, default="f32")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     args = parser.parse_args()
     args.iters = max(args.iters, 1)

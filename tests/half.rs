@@ -1,6 +1,9 @@
 //! Half precision (f16, bf16) on every backend that supports it: weights converted once at
 //! load, f32 islands where the official code keeps them. Binary masks must agree with the
-//! f32 goldens at IoU ≥ 0.99 and greedy ids must be identical on the kit prompts.
+//! f32 goldens at IoU ≥ 0.99 (bf16: 8 mantissa bits) or ≥ 0.999 (f16), and greedy ids must
+//! be identical on the kit prompts. The f16 bar catches a stage that accumulates in the
+//! half type where the official code does not: GPU convolutions in f16 gave 0.9979–0.9985
+//! on lavapipe, 0.9992–0.9996 in f32 (the CPU: 0.9994–0.9996).
 
 mod common;
 
@@ -10,6 +13,7 @@ use pixellm::image::load_image;
 use pixellm::{PixelLm, SegmentRequest};
 
 fn run(dtype: DType) {
+    let bar = if dtype == DType::F16 { 0.999 } else { 0.99 };
     let mut ran = 0;
     for (b, device) in backends() {
         if !device.supports_dtype(dtype) {
@@ -36,7 +40,7 @@ fn run(dtype: DType) {
             for t in 0..seg.targets.len() {
                 let iou = iou(seg.mask(t), &golden.values[t * plane..(t + 1) * plane]);
                 eprintln!("{tag} target {t}: IoU {iou:.5} vs the f32 golden");
-                assert!(iou >= 0.99, "{tag} target {t}: IoU {iou}");
+                assert!(iou >= bar, "{tag} target {t}: IoU {iou} < {bar}");
             }
 
             let generate = SegmentRequest {

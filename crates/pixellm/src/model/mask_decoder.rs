@@ -55,12 +55,19 @@ impl Upscale {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        // f32 on GPU backends for half models: see `nn::conv_operands`.
+        let (x, weight, back) = super::nn::conv_operands(x, &self.conv_weight);
+        let bias = match back {
+            Some(_) => super::nn::to_f32(self.conv_bias.clone()),
+            None => self.conv_bias.clone(),
+        };
         let x = module::conv_transpose2d(
             x,
-            self.conv_weight.clone(),
-            Some(self.conv_bias.clone()),
+            weight,
+            Some(bias),
             ConvTransposeOptions::new([2, 2], [0, 0], [0, 0], [1, 1], 1),
         );
+        let x = super::nn::conv_result(x, back);
         super::nn::gelu(self.norm.forward(x))
     }
 }
@@ -180,9 +187,8 @@ impl MaskDecoderMultiScale {
             .output_hypernetwork_0
             .forward(mask_out)
             .reshape([n, 1, cu]);
-        let masks = hyper
-            .matmul(upscaled.reshape([n, cu, hu * wu]))
-            .reshape([n, 1, hu, wu]);
+        let masks =
+            super::nn::matmul(hyper, upscaled.reshape([n, cu, hu * wu])).reshape([n, 1, hu, wu]);
         let iou_pred = self.iou_prediction_head.forward(iou_out).narrow(1, 0, 1);
         LevelOutput {
             masks,

@@ -9,6 +9,8 @@ pub mod codebook;
 pub(crate) mod cpu_blas;
 #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
 mod cpu_kernels;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda_f32;
 pub mod llm;
 pub mod mask_decoder;
 pub mod neck;

@@ -65,13 +65,14 @@ impl Linear {
             Err(x) => x,
         };
         let mut y = match gemv_chunks(&self.weight, rows) {
-            Some(chunks) => x.reshape([1, 1, d_in]).matmul(
+            Some(chunks) => matmul(
+                x.reshape([1, 1, d_in]),
                 self.weight
                     .clone()
                     .reshape([chunks, d_out / chunks, d_in])
                     .swap_dims(1, 2),
             ),
-            None => x.matmul(self.weight.clone().transpose()).unsqueeze(),
+            None => matmul(x, self.weight.clone().transpose()).unsqueeze(),
         }
         .reshape([rows, d_out]);
         if let Some(b) = &self.bias {
@@ -193,12 +194,52 @@ impl LayerNorm2d {
 /// elsewhere.
 pub fn conv2d(x: Tensor<4>, weight: &Tensor<4>, stride: usize, padding: usize) -> Tensor<4> {
     cpu_kernel_or!(x = conv2d(x, weight, stride, padding));
-    module::conv2d(
+    let (x, weight, back) = conv_operands(x, weight);
+    let y = module::conv2d(
         x,
-        weight.clone(),
+        weight,
         None,
         burn::tensor::ops::ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
-    )
+    );
+    conv_result(y, back)
+}
+
+/// The operands of a convolution, as f32 copies when `x` is f16/bf16 on a GPU backend, and
+/// the dtype to cast the result back to in that case ([`conv_result`]).
+///
+/// Burn 0.22's GPU convolutions (direct kernels, no autotune) accumulate in the operands'
+/// type, so a 3×3×256 sum runs in bf16. Measured on the kit's f16 masks vs the f32
+/// goldens, wgpu (lavapipe): IoU 0.9979–0.9985 with half convolutions, 0.9994–0.9996 with
+/// f32 ones, the CPU's figure (its convolutions accumulate in f32); CUDA bf16 (H200) gave
+/// 0.9856 with half convolutions, under the 0.99 bar. The official code convolves through
+/// cuDNN, which accumulates in f32. The casts cost little: the convolutions' weights are
+/// ~1.6 M values and their inputs one image's feature maps.
+pub fn conv_operands(x: Tensor<4>, weight: &Tensor<4>) -> (Tensor<4>, Tensor<4>, Option<DType>) {
+    let dtype = x.dtype();
+    if dtype == DType::F32 || on_cpu(&x) {
+        return (x, weight.clone(), None);
+    }
+    (to_f32(x), to_f32(weight.clone()), Some(dtype))
+}
+
+/// A convolution's result back in the model's dtype when [`conv_operands`] made f32 copies.
+pub fn conv_result(y: Tensor<4>, back: Option<DType>) -> Tensor<4> {
+    match back {
+        Some(dtype) => y.cast(dtype),
+        None => y,
+    }
+}
+
+/// Whether `x` is on the native CPU backend.
+fn on_cpu<const D: usize>(x: &Tensor<D>) -> bool {
+    #[cfg(feature = "cpu")]
+    let cpu = x.device() == burn::tensor::Device::flex();
+    #[cfg(not(feature = "cpu"))]
+    let cpu = {
+        let _ = x;
+        false
+    };
+    cpu
 }
 
 /// LLaMA `RMSNorm`: `x · rsqrt(mean(x²) + ε) · w`.
@@ -287,6 +328,17 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     activation::silu(x)
 }
 
+/// `lhs @ rhs` with batch dimensions broadcast: Burn's matmul, except f32 on CUDA, which
+/// goes through [`super::cuda_f32`] so that it stays f32 (Burn's would run in TF32).
+pub fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "cuda")]
+    let (lhs, rhs) = match super::cuda_f32::matmul(lhs, rhs) {
+        Ok(y) => return y,
+        Err(operands) => operands,
+    };
+    lhs.matmul(rhs)
+}
+
 /// Scaled-dot-product attention on `[B, H, L, d]` queries and `[B, H/g, L, d]` keys and
 /// values (grouped-query attention when `g > 1`), through Burn's
 /// `attention` op, or on the CPU backend through `gemm` and a vectorised softmax
@@ -306,6 +358,18 @@ pub fn attention(
     let lk = k.dims()[2];
     let scale = 1.0 / (d as f64).sqrt();
     cpu_kernel_or!((q, k, v, key_padding) = attention(q, k, v, key_padding, scale as f32, causal));
+    // Burn's attention (without autotune: separate kernels) multiplies f32 in TF32 on CUDA.
+    #[cfg(feature = "cuda")]
+    if super::cuda_f32::applies(&q) {
+        return attention_unfused(
+            q,
+            repeat_kv(k, h),
+            repeat_kv(v, h),
+            key_padding,
+            scale,
+            causal,
+        );
+    }
     let mask = key_padding.map(|m| m.reshape([b, 1, 1, lk]).expand([b, h, lq, lk]));
     module::attention(
         q,
@@ -319,6 +383,45 @@ pub fn attention(
             is_causal: causal,
         },
     )
+}
+
+/// [`attention`] as two [`matmul`]s around a softmax, with the same masking rules (keys
+/// and values already repeated to the query heads).
+#[cfg(feature = "cuda")]
+fn attention_unfused(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    key_padding: Option<Tensor<2, burn::tensor::Bool>>,
+    scale: f64,
+    causal: bool,
+) -> Tensor<4> {
+    let [b, h, lq, _] = q.dims();
+    let lk = k.dims()[2];
+    let device = q.device();
+    let mut scores = matmul(q, k.swap_dims(2, 3)) * scale;
+    if let Some(m) = key_padding {
+        let m = m.reshape([b, 1, 1, lk]).expand([b, h, lq, lk]);
+        scores = scores.mask_fill(m, f32::NEG_INFINITY);
+    }
+    // Bottom-right aligned: a one-query step (decode) sees every key.
+    if causal && lq > 1 {
+        let hidden: Vec<bool> = (0..lq)
+            .flat_map(|i| (0..lk).map(move |j| j > i + lk - lq))
+            .collect();
+        let m = Tensor::<2, burn::tensor::Bool>::from_data(
+            burn::tensor::TensorData::new(hidden, [lq, lk]),
+            &device,
+        );
+        scores = scores.mask_fill(
+            m.reshape([1, 1, lq, lk]).expand([b, h, lq, lk]),
+            f32::NEG_INFINITY,
+        );
+    }
+    let p = activation::softmax(scores, 3);
+    // A query that sees no key: softmax of all -inf is NaN; it gets zeros.
+    let p = p.clone().mask_fill(p.is_nan(), 0.0);
+    matmul(p, v)
 }
 
 /// `[B, kv_heads, L, d]` -> `[B, heads, L, d]`: each key/value head repeated for its group

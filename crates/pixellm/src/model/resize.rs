@@ -69,7 +69,7 @@ pub fn resize_with(
     let [_, _, h, w] = x.dims();
     let ry = upload(ry, [1, 1, out.0, h], device, dtype);
     let rxt = upload(rx, [1, 1, out.1, w], device, dtype).swap_dims(2, 3);
-    ry.matmul(x.matmul(rxt))
+    super::nn::matmul(ry, super::nn::matmul(x, rxt))
 }
 
 /// Bilinear resize of the two last dimensions of `x` to `out` (`(height, width)`),
