@@ -208,12 +208,11 @@ pub fn conv2d(x: Tensor<4>, weight: &Tensor<4>, stride: usize, padding: usize) -
 /// the dtype to cast the result back to in that case ([`conv_result`]).
 ///
 /// Burn 0.22's GPU convolutions (direct kernels, no autotune) accumulate in the operands'
-/// type, so a 3×3×256 sum runs in bf16. Measured on the kit's f16 masks vs the f32
-/// goldens, wgpu (lavapipe): IoU 0.9979–0.9985 with half convolutions, 0.9994–0.9996 with
-/// f32 ones, the CPU's figure (its convolutions accumulate in f32); CUDA bf16 (H200) gave
-/// 0.9856 with half convolutions, under the 0.99 bar. The official code convolves through
-/// cuDNN, which accumulates in f32. The casts cost little: the convolutions' weights are
-/// ~1.6 M values and their inputs one image's feature maps.
+/// type, so a 3×3×256 sum runs in bf16. Kit masks vs the f32 goldens (IoU), half → f32
+/// convolutions: CUDA bf16 (H200) 0.9856 → 0.9949–0.9971, CUDA f16 0.9980 → 0.9995,
+/// lavapipe f16 0.9979 → 0.9992 (the CPU, whose convolutions accumulate in f32: 0.9994).
+/// The official code convolves through cuDNN, which accumulates in f32. The casts cost
+/// little: the convolutions' weights are ~1.6 M values, their inputs one image's maps.
 pub fn conv_operands(x: Tensor<4>, weight: &Tensor<4>) -> (Tensor<4>, Tensor<4>, Option<DType>) {
     let dtype = x.dtype();
     if dtype == DType::F32 || on_cpu(&x) {
