@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds, on this (GPU-less, Rust-equipped) machine, what scripts/gpu-check.sh runs on the
-# NVIDIA machine (driver + CUDA toolkit, no Rust, no internet): release binaries with the
-# cpu, wgpu and cuda backends, the parity/half test binaries, and Debian's Vulkan loader
-# packages (that machine has the NVIDIA ICD but maybe no loader).
+# Builds, on this (GPU-less, Rust-equipped) machine, what scripts/gpu-bench.sh and
+# scripts/gpu-check.sh run on the NVIDIA machine (driver + CUDA toolkit, no Rust, no
+# internet): the release CLI with the cpu, wgpu and cuda backends, the parity/half test
+# binaries, and Debian's Vulkan loader packages (that machine has the NVIDIA ICD but maybe
+# no loader). ~10 min on 2 cores when the cuda dependencies are already built.
 #
 # Output: .gpu-bundle/ (git-ignored) and .gl/. Carry what each call needs (below) and .gl/.
 #
