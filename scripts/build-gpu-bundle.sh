@@ -3,7 +3,7 @@
 # scripts/gpu-check.sh run on the NVIDIA machine (driver + CUDA toolkit, no Rust, no
 # internet): the release CLI with the cpu, wgpu and cuda backends, the parity/half test
 # binaries, and Debian's Vulkan loader packages (that machine has the NVIDIA ICD but maybe
-# no loader). ~10 min on 2 cores when the cuda dependencies are already built.
+# no loader). On 2 cores: ~40 min from scratch, ~15 once the cuda dependencies are built.
 #
 # Output: .gpu-bundle/ (git-ignored) and .gl/. Carry what each call needs (below) and .gl/.
 #
