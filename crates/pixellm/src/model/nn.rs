@@ -328,7 +328,8 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 }
 
 /// `lhs @ rhs` with batch dimensions broadcast: Burn's matmul, except f32 on CUDA, which
-/// goes through `model::cuda_f32` (feature `cuda`) so that it stays f32 (Burn's would run in TF32).
+/// goes through `model::cuda_f32` (feature `cuda`) so that it stays f32 (Burn's would run
+/// in TF32).
 pub fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
     #[cfg(feature = "cuda")]
     let (lhs, rhs) = match super::cuda_f32::matmul(lhs, rhs) {
