@@ -1,7 +1,7 @@
 //! `MaskDecoderMultiScale`: one SAM-style decoder level per visual scale, level 1
 //! conditioned on level 0's mask (spec §10.3, quirk §15.23).
 
-use burn::tensor::{activation, module, ops::ConvTransposeOptions, Tensor};
+use burn::tensor::{activation, ops::ConvTransposeOptions, Tensor};
 
 use super::nn::{LayerNorm2d, Linear};
 use super::params::Params;
@@ -55,19 +55,12 @@ impl Upscale {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        // f32 on GPU backends for half models: see `nn::conv_operands`.
-        let (x, weight, back) = super::nn::conv_operands(x, &self.conv_weight);
-        let bias = match back {
-            Some(_) => super::nn::to_f32(self.conv_bias.clone()),
-            None => self.conv_bias.clone(),
-        };
-        let x = module::conv_transpose2d(
+        let x = super::nn::conv_transpose2d(
             x,
-            weight,
-            Some(bias),
+            &self.conv_weight,
+            &self.conv_bias,
             ConvTransposeOptions::new([2, 2], [0, 0], [0, 0], [1, 1], 1),
         );
-        let x = super::nn::conv_result(x, back);
         super::nn::gelu(self.norm.forward(x))
     }
 }

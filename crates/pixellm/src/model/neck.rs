@@ -2,9 +2,9 @@
 //! `[S, 256, 32, 32]` (spec §6.4). Never trained: the checkpoint holds its random init
 //! (quirk §15.11), so it is loaded, never re-initialised.
 
-use burn::tensor::{module, ops::ConvOptions, Tensor};
+use burn::tensor::{ops::ConvOptions, Tensor};
 
-use super::nn::{conv_operands, conv_result, LayerNorm2d};
+use super::nn::{burn_conv2d, LayerNorm2d};
 use super::params::Params;
 use crate::error::Result;
 
@@ -32,11 +32,9 @@ impl ImageFeatureNeck {
     /// # Shapes
     /// `[S, H, h, w]` -> `[S, 256, h, w]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let (x, w, back) = conv_operands(x, &self.conv_0);
-        let x = module::conv2d(x, w, None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1));
-        let x = self.norm_1.forward(conv_result(x, back));
-        let (x, w, back) = conv_operands(x, &self.conv_2);
-        let x = module::conv2d(x, w, None, ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
-        self.norm_3.forward(conv_result(x, back))
+        let x = burn_conv2d(x, &self.conv_0, ConvOptions::new([1, 1], [0, 0], [1, 1], 1));
+        let x = self.norm_1.forward(x);
+        let x = burn_conv2d(x, &self.conv_2, ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
+        self.norm_3.forward(x)
     }
 }

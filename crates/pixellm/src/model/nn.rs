@@ -4,6 +4,7 @@
 //! no copy at load, and decode-shaped GEMVs read the weight row-major, which is 3–10× faster
 //! on GPUs than the `[in, out]` layout Burn's own `Linear` uses (docs/gpu-machine.md).
 
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{activation, module, DType, Int, Tensor};
 
 /// `cpu_kernel_or!(x = kernel(args))`: on the native CPU backend, returns
@@ -96,7 +97,7 @@ fn gemv_chunks(weight: &Tensor<2>, rows: usize) -> Option<usize> {
     // Below ~1M weights the product is faster than a trip through the thread pool.
     const MIN_WEIGHTS: usize = 1 << 20;
     let [d_out, d_in] = weight.dims();
-    if rows != 1 || d_out * d_in < MIN_WEIGHTS || weight.device() != burn::tensor::Device::flex() {
+    if rows != 1 || d_out * d_in < MIN_WEIGHTS || !on_cpu(weight) {
         return None;
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -194,14 +195,37 @@ impl LayerNorm2d {
 /// elsewhere.
 pub fn conv2d(x: Tensor<4>, weight: &Tensor<4>, stride: usize, padding: usize) -> Tensor<4> {
     cpu_kernel_or!(x = conv2d(x, weight, stride, padding));
-    let (x, weight, back) = conv_operands(x, weight);
-    let y = module::conv2d(
+    burn_conv2d(
         x,
         weight,
-        None,
-        burn::tensor::ops::ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
-    );
-    conv_result(y, back)
+        ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
+    )
+}
+
+/// Burn's `conv2d` without bias, in f32 for a half model on a GPU backend: Burn's GPU
+/// convolutions accumulate in the half type (measured cost: `conv_operands`).
+pub fn burn_conv2d(x: Tensor<4>, weight: &Tensor<4>, options: ConvOptions<2>) -> Tensor<4> {
+    let (x, weight, back) = conv_operands(x, weight);
+    conv_result(module::conv2d(x, weight, None, options), back)
+}
+
+/// Burn's `conv_transpose2d` with bias, in f32 for a half model on a GPU backend, as
+/// [`burn_conv2d`].
+pub fn conv_transpose2d(
+    x: Tensor<4>,
+    weight: &Tensor<4>,
+    bias: &Tensor<1>,
+    options: ConvTransposeOptions<2>,
+) -> Tensor<4> {
+    let (x, weight, back) = conv_operands(x, weight);
+    let bias = match back {
+        Some(_) => to_f32(bias.clone()),
+        None => bias.clone(),
+    };
+    conv_result(
+        module::conv_transpose2d(x, weight, Some(bias), options),
+        back,
+    )
 }
 
 /// The operands of a convolution, as f32 copies when `x` is f16/bf16 on a GPU backend, and
@@ -213,7 +237,7 @@ pub fn conv2d(x: Tensor<4>, weight: &Tensor<4>, stride: usize, padding: usize) -
 /// lavapipe f16 0.9979 → 0.9992 (the CPU, whose convolutions accumulate in f32: 0.9994).
 /// The official code convolves through cuDNN, which accumulates in f32. The casts cost
 /// little: the convolutions' weights are ~1.6 M values, their inputs one image's maps.
-pub fn conv_operands(x: Tensor<4>, weight: &Tensor<4>) -> (Tensor<4>, Tensor<4>, Option<DType>) {
+fn conv_operands(x: Tensor<4>, weight: &Tensor<4>) -> (Tensor<4>, Tensor<4>, Option<DType>) {
     let dtype = x.dtype();
     if dtype == DType::F32 || on_cpu(&x) {
         return (x, weight.clone(), None);
@@ -222,7 +246,7 @@ pub fn conv_operands(x: Tensor<4>, weight: &Tensor<4>) -> (Tensor<4>, Tensor<4>,
 }
 
 /// A convolution's result back in the model's dtype when [`conv_operands`] made f32 copies.
-pub fn conv_result(y: Tensor<4>, back: Option<DType>) -> Tensor<4> {
+fn conv_result(y: Tensor<4>, back: Option<DType>) -> Tensor<4> {
     match back {
         Some(dtype) => y.cast(dtype),
         None => y,
