@@ -1,19 +1,20 @@
 //! `pixellm`: PixelLM segmentation from the command line.
 
+mod eval;
 mod output;
+mod progress;
+#[cfg(feature = "train")]
+mod train;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 
+use burn::tensor::Device;
 use clap::{Parser, Subcommand};
 use pixellm::backend::{Backend, Precision};
 use pixellm::pipeline::DEFAULT_MAX_NEW_TOKENS;
 use pixellm::{PixelLm, Progress, SegmentRequest};
-
-/// Whether stderr ends in an unfinished progress line.
-static PROGRESS_LINE_OPEN: AtomicBool = AtomicBool::new(false);
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +30,9 @@ struct Cli {
     /// Default: the built-in kernels.
     #[arg(long, global = true, env = "PIXELLM_BLAS", value_name = "LIBRARY")]
     blas: Option<String>,
+    /// No progress or phase lines on stderr (errors and warnings still print).
+    #[arg(short, long, global = true)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -42,6 +46,23 @@ enum Command {
     /// Chat with a LLaMA-architecture GGUF model (e.g. SmolLM2-135M-Instruct); without a
     /// question, an interactive session on stdin.
     Chat(ChatArgs),
+    /// Score segmentations of a MUSE-format dataset (gIoU, cIoU), from a model or a
+    /// predictions file.
+    Eval(eval::EvalArgs),
+    /// Train PixelLM (the paper's losses) into a model directory.
+    #[cfg(feature = "train")]
+    Train(train::TrainArgs),
+    /// Datasets: `data synth` generates multi-target shape scenes in MUSE's format.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// A seeded set of shape scenes (images, one PNG per mask, MUSE JSON).
+    Synth(eval::SynthArgs),
 }
 
 #[derive(clap::Args)]
@@ -85,7 +106,7 @@ struct BenchArgs {
     /// Timed iterations (after one warm-up).
     #[arg(long, default_value_t = 3)]
     iters: usize,
-    /// Also write the report as JSON.
+    /// Also write the report as JSON (a new file, or one an earlier bench wrote).
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -117,19 +138,25 @@ struct SegmentArgs {
     /// f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// Output directory (replaced as a whole when the run succeeds).
+    /// Output directory: created if absent; an existing one is written into only when it
+    /// is empty or holds a previous pixellm result (whose stale masks are replaced);
+    /// anything else is refused. Files this program did not write are never touched.
     #[arg(long, default_value = "./pixellm-out")]
     out: PathBuf,
     /// Also write logits.safetensors (final and 128×128 mask logits).
     #[arg(long)]
     save_logits: bool,
+    /// Print the prompt's token ids and pieces before running.
+    #[arg(long)]
+    verbose_prompt: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    progress::set_quiet(cli.quiet);
     if let Some(library) = cli.blas.as_deref().filter(|l| !l.is_empty()) {
         match pixellm::backend::load_cpu_blas(library) {
-            Ok(name) => eprintln!("CPU matmul: {name}"),
+            Ok(name) => progress::note(&format!("CPU matmul: {name}")),
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;
@@ -141,18 +168,57 @@ fn main() -> ExitCode {
         Command::Devices => devices(),
         Command::Bench(args) => bench(args),
         Command::Chat(args) => chat(args),
+        Command::Eval(args) => eval::eval(args),
+        #[cfg(feature = "train")]
+        Command::Train(args) => train::train(args),
+        Command::Data {
+            command: DataCommand::Synth(args),
+        } => eval::synth(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // The error gets a line of its own even if a progress line was left open.
-            if PROGRESS_LINE_OPEN.load(Ordering::Relaxed) {
-                eprintln!();
-            }
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Loads a PixelLM directory with its progress on stderr: one line per phase, the weight
+/// bytes as a bar on a terminal.
+pub(crate) fn load_model(
+    model: &Path,
+    vision_tower: Option<&Path>,
+    device: &Device,
+    precision: Precision,
+) -> pixellm::Result<PixelLm> {
+    let mut bar: Option<progress::Bar> = None;
+    PixelLm::load(
+        model,
+        vision_tower,
+        device,
+        precision.dtype(),
+        &mut |p| match p {
+            Progress::Step(s) if s == "load weights" => {
+                if progress::interactive() {
+                    bar = Some(progress::Bar::new("load weights (MB)", 0));
+                }
+            }
+            Progress::Step(_) => {}
+            Progress::Done(name, ms) => {
+                if let Some(b) = bar.take() {
+                    b.finish("done");
+                }
+                progress::note(&format!("{name}: {ms:.0} ms"));
+            }
+            Progress::Bytes { done, total } => {
+                if let Some(b) = bar.as_mut() {
+                    b.set_total(total / 1_000_000);
+                    b.set(done / 1_000_000, "");
+                }
+            }
+        },
+    )
 }
 
 fn segment(args: SegmentArgs) -> pixellm::Result<()> {
@@ -161,40 +227,26 @@ fn segment(args: SegmentArgs) -> pixellm::Result<()> {
     output::check_target(&args.out)?;
     let device = backend.device()?;
     let image = pixellm::image::load_image(&args.image)?;
-    let mut shown = 0;
-    let model = PixelLm::load(
+    let model = load_model(
         &args.model,
         args.vision_tower.as_deref(),
         &device,
-        precision.dtype(),
-        &mut |p| match p {
-            Progress::Step(s) => {
-                PROGRESS_LINE_OPEN.store(true, Ordering::Relaxed);
-                eprint!("{s}… ")
-            }
-            Progress::Done(name, ms) => {
-                PROGRESS_LINE_OPEN.store(false, Ordering::Relaxed);
-                if shown > 0 {
-                    eprintln!("\r{name}… 100% {ms:.0} ms                         ");
-                    shown = 0;
-                } else {
-                    eprintln!("{ms:.0} ms");
-                }
-            }
-            Progress::Bytes { done, total } => {
-                // One update per percent: smooth on a terminal, short in a log.
-                let pct = (done * 100).checked_div(total).unwrap_or(100);
-                if pct > shown {
-                    shown = pct;
-                    eprint!(
-                        "\rload weights… {pct:3}% ({:.2} / {:.2} GB) ",
-                        done as f64 / 1e9,
-                        total as f64 / 1e9
-                    );
-                }
-            }
-        },
+        precision,
     )?;
+    if args.verbose_prompt {
+        let tok = model.tokenizer();
+        let prompt = pixellm::tokenizer::llava_v1_prompt(&args.prompt, args.answer.as_deref());
+        let ids = tok.encode_with_image(&prompt);
+        eprintln!("prompt: {} tokens", ids.len());
+        for id in ids {
+            let piece = if id == pixellm::model::IMAGE_TOKEN_INDEX {
+                format!("<image: {} tokens>", model.model().llm_grid().pow(2))
+            } else {
+                tok.id_to_piece(id).unwrap_or("?").to_string()
+            };
+            eprintln!("{id:>7} -> {piece:?}");
+        }
+    }
     let request = SegmentRequest {
         question: args.prompt.clone(),
         answer: args.answer.clone(),
@@ -209,7 +261,8 @@ fn segment(args: SegmentArgs) -> pixellm::Result<()> {
     for w in &seg.warnings {
         eprintln!("warning: {w}");
     }
-    output::write(
+    progress::note(&timing_line(&seg));
+    let written = output::write(
         &args.out,
         &image,
         &seg,
@@ -217,17 +270,21 @@ fn segment(args: SegmentArgs) -> pixellm::Result<()> {
         precision,
         args.save_logits,
     )?;
-    eprintln!(
-        "{} target(s); wrote {}",
+    progress::note(&format!(
+        "{} target(s); wrote {} in {}",
         seg.targets.len(),
+        written.join(", "),
         args.out.display()
-    );
+    ));
     Ok(())
 }
 
 fn bench(args: BenchArgs) -> pixellm::Result<()> {
     let backend: Backend = args.backend.parse()?;
     let precision: Precision = args.dtype.parse()?;
+    if let Some(path) = &args.json {
+        pixellm::output::check_file(path)?;
+    }
     let options = pixellm::bench::BenchOptions {
         shape: args.shape.parse()?,
         prompt_tokens: args.prompt_tokens,
@@ -237,14 +294,16 @@ fn bench(args: BenchArgs) -> pixellm::Result<()> {
     };
     let device = backend.device()?;
     let report = pixellm::bench::run(&device, precision.dtype(), &options, &mut |line| {
-        eprintln!("{line}")
+        progress::note(line)
     })?;
     print!("{}", report.table());
     if let Some(path) = args.json {
         let mut json = report.to_json();
         json["backend"] = backend.name().into();
+        json[pixellm::output::WRITTEN_BY] = pixellm::output::written_by("bench");
         let text = serde_json::to_string_pretty(&json).expect("JSON values serialise");
-        std::fs::write(&path, text).map_err(|e| pixellm::Error::io(path, e))?;
+        pixellm::output::write_file(&path, text.as_bytes())?;
+        progress::note(&format!("wrote {}", path.display()));
     }
     Ok(())
 }
@@ -256,11 +315,13 @@ fn chat(args: ChatArgs) -> pixellm::Result<()> {
     let backend: Backend = args.backend.parse()?;
     let precision: Precision = args.dtype.parse()?;
     let device = backend.device()?;
-    eprint!("loading {}… ", args.model.display());
-    PROGRESS_LINE_OPEN.store(true, Ordering::Relaxed);
+    let start = std::time::Instant::now();
     let model = pixellm::chat::ChatModel::load_gguf(&args.model, &device, precision.dtype())?;
-    PROGRESS_LINE_OPEN.store(false, Ordering::Relaxed);
-    eprintln!("done");
+    progress::note(&format!(
+        "load {}: {:.0} ms",
+        args.model.display(),
+        start.elapsed().as_secs_f64() * 1e3
+    ));
     let mut history: Vec<(Role, String)> = Vec::new();
     let ask = |question: String, history: &mut Vec<(Role, String)>| -> pixellm::Result<()> {
         history.push((Role::User, question));
@@ -270,20 +331,20 @@ fn chat(args: ChatArgs) -> pixellm::Result<()> {
             let _ = stdout.flush();
         })?;
         println!();
-        eprintln!(
+        progress::note(&format!(
             "[{} prompt tokens, prefill {:.0} ms; {} tokens at {:.1} tokens/s]",
             reply.prompt_tokens,
             reply.prefill_ms,
             reply.ids.len(),
             reply.tokens_per_s()
-        );
+        ));
         history.push((Role::Assistant, reply.text));
         Ok(())
     };
     if let Some(q) = args.question {
         return ask(q, &mut history);
     }
-    eprintln!("interactive chat: one message per line, an empty line or end of input quits");
+    progress::note("interactive chat: one message per line, an empty line or end of input quits");
     for line in std::io::stdin().lock().lines() {
         let line = line.map_err(|e| pixellm::Error::io("<stdin>", e))?;
         if line.trim().is_empty() {
@@ -306,4 +367,39 @@ fn devices() -> pixellm::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The closing line of a run: prompt and decode speed and every stage's time, as llama.cpp
+/// and candle print them.
+fn timing_line(seg: &pixellm::Segmentation) -> String {
+    let ms = |name: &str| {
+        seg.timings_ms
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| *v)
+    };
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(prefill) = ms("prefill").filter(|&v| v > 0.0) {
+        parts.push(format!(
+            "prompt {} tokens at {:.1} tokens/s",
+            seg.prompt_tokens,
+            seg.prompt_tokens as f64 / prefill * 1e3
+        ));
+    }
+    if let Some(decode) = ms("decode") {
+        let n = seg.token_ids.len();
+        if decode > 0.0 && n > 0 {
+            parts.push(format!(
+                "decode {n} tokens at {:.1} tokens/s",
+                n as f64 / decode * 1e3
+            ));
+        }
+    }
+    let stages: Vec<String> = seg
+        .timings_ms
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.0} ms"))
+        .collect();
+    parts.push(stages.join(", "));
+    format!("[{}]", parts.join("; "))
 }

@@ -1,30 +1,24 @@
-//! Writes a segmentation to an output directory, all or nothing: everything goes to a
-//! temporary sibling directory that replaces the target only once complete.
+//! Writes a segmentation to an output directory through [`pixellm::output::OutputDir`]:
+//! never touching files this program did not write, all or nothing.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use pixellm::backend::{Backend, Precision};
 use pixellm::image::{mask_png, overlay_png, RgbImage};
+use pixellm::output::{result_json, OutputDir};
 use pixellm::{Error, Result, Segmentation};
-use serde_json::json;
 
-/// Refuses an `--out` that exists and is not a directory (a user's file is never
-/// replaced); checked before any work and again before writing.
+/// The manifest of a `segment` result directory.
+pub const MANIFEST: &str = "result.json";
+
+/// Refuses, before any work, an `--out` that may not be written (see `pixellm::output`).
 pub fn check_target(out: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(out) {
-        Ok(m) if !m.is_dir() => Err(Error::io(
-            out,
-            std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "--out already exists and is not a directory (refusing to replace a file)",
-            ),
-        )),
-        _ => Ok(()),
-    }
+    pixellm::output::check_dir(out, MANIFEST)
 }
 
-/// Writes `result.json`, `mask_NN.png`, `overlay.png` and optionally `logits.safetensors`.
+/// Writes `mask_NN.png`, `overlay.png`, optionally `logits.safetensors`, and `result.json`
+/// last. Returns the names of the files written.
 pub fn write(
     out: &Path,
     image: &RgbImage,
@@ -32,76 +26,27 @@ pub fn write(
     backend: Backend,
     precision: Precision,
     save_logits: bool,
-) -> Result<()> {
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    check_target(out)?;
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "pixellm-out".into());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result =
-        fill(&tmp, image, seg, backend, precision, save_logits).and_then(|()| replace(&tmp, out));
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
-}
-
-fn fill(
-    dir: &Path,
-    image: &RgbImage,
-    seg: &Segmentation,
-    backend: Backend,
-    precision: Precision,
-    save_logits: bool,
-) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let put = |name: &str, bytes: &[u8]| {
-        let path = dir.join(name);
-        std::fs::write(&path, bytes).map_err(|e| Error::io(path, e))
-    };
+) -> Result<Vec<String>> {
+    let mut dir = OutputDir::open(out, MANIFEST)?;
     let (h, w) = seg.size;
-    let mut targets = Vec::new();
+    let mask_file = |i: usize| format!("mask_{i:02}.png");
+    let mut written = Vec::new();
     for t in &seg.targets {
-        let file = format!("mask_{:02}.png", t.index);
-        put(&file, &mask_png(seg.mask(t.index), w, h))?;
-        targets.push(json!({
-            "index": t.index,
-            "score": t.score,
-            "area": t.area,
-            "bbox": t.bbox,
-            "mask": file,
-        }));
+        let file = mask_file(t.index);
+        dir.put(&file, &mask_png(seg.mask(t.index), w, h))?;
+        written.push(file);
     }
     let masks: Vec<&[f32]> = (0..seg.targets.len()).map(|i| seg.mask(i)).collect();
-    put("overlay.png", &overlay_png(image, &masks))?;
-    let timings: serde_json::Map<String, serde_json::Value> = seg
-        .timings_ms
-        .iter()
-        .map(|(k, v)| (k.clone(), json!(v)))
-        .collect();
-    let result = json!({
-        "text": seg.text,
-        "token_ids": seg.token_ids,
-        "targets": targets,
-        "width": w,
-        "height": h,
-        "timings_ms": timings,
-        "backend": backend.name(),
-        "dtype": precision.name(),
-        "warnings": seg.warnings,
-    });
-    let text = serde_json::to_string_pretty(&result).expect("JSON values serialise");
-    put("result.json", text.as_bytes())?;
+    dir.put("overlay.png", &overlay_png(image, &masks))?;
+    written.push("overlay.png".into());
     if save_logits {
-        put("logits.safetensors", &logits_safetensors(seg)?)?;
+        dir.put("logits.safetensors", &logits_safetensors(seg)?)?;
+        written.push("logits.safetensors".into());
     }
-    Ok(())
+    let result = result_json(seg, backend.name(), precision.name(), Some(&mask_file));
+    dir.commit("segment", result)?;
+    written.push(MANIFEST.into());
+    Ok(written)
 }
 
 fn logits_safetensors(seg: &Segmentation) -> Result<Vec<u8>> {
@@ -131,21 +76,4 @@ fn logits_safetensors(seg: &Segmentation) -> Result<Vec<u8>> {
     .collect();
     safetensors::serialize(&views, None)
         .map_err(|e| Error::format("logits.safetensors", e.to_string()))
-}
-
-/// Moves `tmp` to `out`, replacing a previous output directory only after the new one is
-/// complete.
-fn replace(tmp: &Path, out: &Path) -> Result<()> {
-    let old: Option<PathBuf> = if out.exists() {
-        let old = tmp.with_extension("old");
-        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
-        Some(old)
-    } else {
-        None
-    };
-    std::fs::rename(tmp, out).map_err(|e| Error::io(out, e))?;
-    if let Some(old) = old {
-        let _ = std::fs::remove_dir_all(old);
-    }
-    Ok(())
 }

@@ -244,3 +244,235 @@ fn backends_agree_through_the_cli() {
         }
     }
 }
+
+// ---- `--out`: the user's files are never removed or replaced ---------------------------
+
+const SEG: &str = "[SEG0] [SEG1] [SEG2] [SEG3] [SEG4] [SEG5]";
+
+/// A teacher-forced `segment` run of the kit model with `targets` targets into `out`, run
+/// from `cwd`.
+fn segment_into(
+    out: &std::path::Path,
+    targets: usize,
+    cwd: &std::path::Path,
+) -> std::process::Output {
+    let case = Case::load(CASES[1]);
+    let answer = match targets {
+        1 => format!("Sure, the dog is {SEG}."),
+        _ => format!("Sure, the dog is {SEG} and the cat is {SEG}."),
+    };
+    pixellm()
+        .current_dir(cwd)
+        .env_remove("PIXELLM_BLAS")
+        .args(["segment", "--model"])
+        .arg(kit().join("checkpoint-bin"))
+        .arg("--image")
+        .arg(case.dir.join("image.png"))
+        .args([
+            "--prompt",
+            "Segment the dog and the cat.",
+            "--answer",
+            &answer,
+            "--out",
+        ])
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+/// Every file under `dir` (recursively, symlinks not followed) with its bytes.
+fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p.clone());
+                out.push((p, b"<dir>".to_vec()));
+            } else if m.file_type().is_symlink() {
+                let t = std::fs::read_link(&p).unwrap();
+                out.push((p, t.to_string_lossy().as_bytes().to_vec()));
+            } else {
+                let b = std::fs::read(&p).unwrap();
+                out.push((p, b));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn refused(run: &std::process::Output, what: &str) {
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success(),
+        "{what}: must be refused; stderr: {stderr}"
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("refusing"),
+        "{what}: one-line refusal expected, got: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn scratch(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("pixellm-out-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn out_never_touches_foreign_files() {
+    let root = scratch("foreign");
+    // A directory of the user's own files, with a sub-folder.
+    let user = root.join("some-folder");
+    std::fs::create_dir_all(user.join("data")).unwrap();
+    std::fs::write(user.join("notes.txt"), b"my notes\n").unwrap();
+    std::fs::write(user.join("data").join("table.csv"), b"a,b\n1,2\n").unwrap();
+    let before = snapshot(&root);
+    refused(&segment_into(&user, 2, &root), "a folder of user files");
+    // `--out .` from inside it, and `--out` given as `..`-relative path to it.
+    refused(
+        &segment_into(std::path::Path::new("."), 2, &user),
+        "--out .",
+    );
+    refused(
+        &segment_into(
+            std::path::Path::new("../some-folder"),
+            2,
+            &user.join("data"),
+        ),
+        "--out ../some-folder",
+    );
+    // `--out` naming a file.
+    refused(
+        &segment_into(&user.join("notes.txt"), 2, &root),
+        "--out FILE",
+    );
+    assert_eq!(
+        snapshot(&root),
+        before,
+        "every user file kept byte for byte"
+    );
+    // `--out` through a symlink to the user's folder (and to a file).
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(&user, root.join("link")).unwrap();
+        std::os::unix::fs::symlink(user.join("notes.txt"), root.join("file-link")).unwrap();
+        let before = snapshot(&root);
+        refused(&segment_into(&root.join("link"), 2, &root), "--out SYMLINK");
+        refused(
+            &segment_into(&root.join("file-link"), 2, &root),
+            "--out FILE-SYMLINK",
+        );
+        assert_eq!(
+            snapshot(&root),
+            before,
+            "nothing changed through the symlinks"
+        );
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn out_updates_a_previous_result_and_keeps_foreign_files() {
+    let root = scratch("update");
+    let out = root.join("result");
+    let names = |d: &std::path::Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let run = segment_into(&out, 2, &root);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        names(&out),
+        ["mask_00.png", "mask_01.png", "overlay.png", "result.json"]
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("wrote mask_00.png, mask_01.png, overlay.png, result.json"),
+        "{stderr}"
+    );
+    let result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["written_by"]["program"], "pixellm");
+    // A user's file next to the result survives an update that drops the second mask.
+    std::fs::write(out.join("my-notes.txt"), b"keep me").unwrap();
+    let run = segment_into(&out, 1, &root);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        names(&out),
+        ["mask_00.png", "my-notes.txt", "overlay.png", "result.json"]
+    );
+    assert_eq!(std::fs::read(out.join("my-notes.txt")).unwrap(), b"keep me");
+    let result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["targets"].as_array().unwrap().len(), 1);
+
+    // A run that fails half-way leaves the previous result intact: a user's own
+    // `mask_01.png` (not listed by the previous result) blocks the second mask at the very
+    // end, after every other file was staged.
+    std::fs::write(out.join("mask_01.png"), b"the user's png").unwrap();
+    let before = snapshot(&root);
+    let run = segment_into(&out, 2, &root);
+    refused(&run, "a name taken by a user's file");
+    assert!(String::from_utf8_lossy(&run.stderr).contains("mask_01.png"));
+    assert_eq!(
+        snapshot(&root),
+        before,
+        "previous result and user files intact, no temporaries"
+    );
+    // A run that fails before writing (unreadable image) changes nothing either.
+    let run = pixellm()
+        .args(["segment", "--model"])
+        .arg(kit().join("checkpoint-bin"))
+        .arg("--image")
+        .arg(root.join("missing.png"))
+        .args(["--prompt", "x", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    assert_eq!(snapshot(&root), before);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn bench_json_never_replaces_a_foreign_file() {
+    let root = scratch("bench");
+    let user = root.join("report.json");
+    std::fs::write(&user, b"{\"mine\": 1}").unwrap();
+    let run = pixellm()
+        .args([
+            "bench",
+            "--iters",
+            "1",
+            "--new-tokens",
+            "1",
+            "--prompt-tokens",
+            "4",
+            "--json",
+        ])
+        .arg(&user)
+        .output()
+        .unwrap();
+    refused(&run, "bench --json FOREIGN");
+    assert_eq!(std::fs::read(&user).unwrap(), b"{\"mine\": 1}");
+    std::fs::remove_dir_all(&root).unwrap();
+}

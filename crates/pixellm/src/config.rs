@@ -60,6 +60,11 @@ pub struct PixelLmConfig {
     pub vision_select_layer: i64,
     /// Number of visual scales (`image_feature_scale_num`, hard-coded 2 in PixelLM).
     pub scales: usize,
+    /// Attention heads of the pixel decoder's two-way transformers (`mask_decoder_heads`,
+    /// a pixellm-rs field for smaller models; SAM's 8 when absent).
+    pub decoder_heads: usize,
+    /// MLP width of those transformers (`mask_decoder_mlp_dim`; SAM's 2048 when absent).
+    pub decoder_mlp_dim: usize,
     /// Shape-defining LLaMA fields absent from `config.json` (their Hugging Face defaults
     /// apply); named in shape-mismatch errors, where a missing field is the likely cause.
     pub defaulted: Vec<&'static str>,
@@ -108,6 +113,9 @@ struct HfLlama {
     mm_vision_tower: Option<String>,
     mm_vision_select_layer: Option<i64>,
     image_feature_scale_num: Option<usize>,
+    // pixellm-rs: a smaller pixel decoder.
+    mask_decoder_heads: Option<usize>,
+    mask_decoder_mlp_dim: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -238,10 +246,29 @@ impl PixelLmConfig {
                 format!("image_feature_scale_num = {scales}; PixelLM hard-codes 2"),
             ));
         }
+        let out_dim = positive(label, "out_dim", h.out_dim.unwrap_or(256))?;
+        let decoder_heads = positive(
+            label,
+            "mask_decoder_heads",
+            h.mask_decoder_heads.unwrap_or(8),
+        )?;
+        // Token-to-image attention runs at half the width (SAM's downsample 2).
+        if out_dim % 16 != 0 || (out_dim / 2) % decoder_heads != 0 {
+            return Err(Error::config(
+                label,
+                format!("out_dim {out_dim} must be a multiple of 16 and its half of mask_decoder_heads {decoder_heads}"),
+            ));
+        }
         Ok(Self {
             llm: LlamaConfig::from_hf(&h, label)?,
             mm_hidden_size: h.mm_hidden_size,
-            out_dim: h.out_dim.unwrap_or(256),
+            out_dim,
+            decoder_heads,
+            decoder_mlp_dim: positive(
+                label,
+                "mask_decoder_mlp_dim",
+                h.mask_decoder_mlp_dim.unwrap_or(2048),
+            )?,
             image_size: positive(
                 label,
                 "resize_vision_tower_size",

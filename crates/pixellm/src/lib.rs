@@ -10,13 +10,18 @@ pub mod backend;
 pub mod bench;
 pub mod chat;
 pub mod config;
+pub mod data;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod image;
 pub mod model;
+pub mod output;
 pub mod pipeline;
 pub mod tokenizer;
+#[cfg(feature = "train")]
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};
-pub use pipeline::{PixelLm, Progress, SegmentRequest, Segmentation, Target};
+pub use pipeline::{EncodedImage, PixelLm, Progress, SegmentRequest, Segmentation, Target};

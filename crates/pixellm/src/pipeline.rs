@@ -98,6 +98,9 @@ pub struct Segmentation {
     pub timings_ms: Vec<(String, f64)>,
     /// Things the user should know (e.g. codebook tokens not a multiple of 6).
     pub warnings: Vec<String>,
+    /// Positions of the prompt the LLM prefilled (image tokens included; with a forced
+    /// answer, the whole sequence).
+    pub prompt_tokens: usize,
 }
 
 impl Segmentation {
@@ -106,6 +109,17 @@ impl Segmentation {
         let n = self.size.0 * self.size.1;
         &self.masks[i * n..(i + 1) * n]
     }
+}
+
+/// An image after the image-only stages ([`PixelLm::encode`]).
+#[derive(Debug, Clone)]
+pub struct EncodedImage {
+    /// The preprocessed input (sizes, validity masks).
+    pub input: ClipInput,
+    /// Vision tower, projector and neck outputs.
+    pub features: ImageFeatures,
+    /// Milliseconds of the image stages.
+    pub timings_ms: Vec<(String, f64)>,
 }
 
 /// Accumulates per-stage wall-clock times. On asynchronous backends the device is
@@ -248,23 +262,61 @@ impl PixelLm {
         request: &SegmentRequest,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Segmentation> {
+        let encoded = self.encode(image)?;
+        let mut seg = self.answer_async(&encoded, request, on_text).await?;
+        let mut timings = encoded.timings_ms.clone();
+        timings.append(&mut seg.timings_ms);
+        seg.timings_ms = timings;
+        Ok(seg)
+    }
+
+    /// Runs every image-only stage once (preprocess, vision tower, projectors, neck), so
+    /// that several questions about one image ([`PixelLm::answer`]) share them.
+    pub fn encode(&self, image: &RgbImage) -> Result<EncodedImage> {
         let device = self.model.device().clone();
         let mut clock = Stopwatch::new(&device);
         let input = self.preprocess(image)?;
         let pixels = self.model.pixels(input.pixel_values.clone());
         clock.lap("preprocess");
-
         let features = self.model.encode_image(pixels, &input.patch_valid);
         clock.lap("vision+projectors+neck");
+        Ok(EncodedImage {
+            input,
+            features,
+            timings_ms: clock.laps,
+        })
+    }
 
+    /// Answers one question about an encoded image (generation or a forced answer, then
+    /// the pixel decoder). `timings_ms` holds the question's stages only.
+    pub fn answer(
+        &self,
+        encoded: &EncodedImage,
+        request: &SegmentRequest,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Segmentation> {
+        futures_lite::future::block_on(self.answer_async(encoded, request, on_text))
+    }
+
+    /// [`PixelLm::answer`] without blocking.
+    pub async fn answer_async(
+        &self,
+        encoded: &EncodedImage,
+        request: &SegmentRequest,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Segmentation> {
+        let device = self.model.device().clone();
+        let mut clock = Stopwatch::new(&device);
+        let (input, features) = (&encoded.input, &encoded.features);
         let prompt = llava_v1_prompt(&request.question, None);
         let prompt_ids = self.tokenizer.encode_with_image(&prompt);
+        let mut prompt_tokens = self.expanded_len(&prompt_ids);
         let (text, token_ids, seg_hidden) = match &request.answer {
             None => {
                 self.generate(
                     &prompt_ids,
-                    &features,
-                    &input,
+                    features,
+                    input,
                     request.max_new_tokens,
                     on_text,
                     &mut clock,
@@ -280,7 +332,8 @@ impl PixelLm {
                     .zip(&full)
                     .take_while(|(a, b)| a == b)
                     .count();
-                let hidden = self.teacher_forced(&full, &features, &input)?;
+                let hidden = self.teacher_forced(&full, features, input)?;
+                prompt_tokens = self.expanded_len(&full);
                 clock.lap("prefill");
                 on_text(answer);
                 (answer.clone(), full[common..].to_vec(), hidden)
@@ -300,6 +353,7 @@ impl PixelLm {
             low_res_masks: Vec::new(),
             timings_ms: Vec::new(),
             warnings: Vec::new(),
+            prompt_tokens,
         };
         match seg_hidden {
             Some(hidden) if k % per == 0 => {

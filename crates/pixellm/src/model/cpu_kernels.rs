@@ -55,9 +55,11 @@ macro_rules! dispatch {
 /// Elements per parallel task for the element-wise kernels (64 KiB of f32).
 const CHUNK: usize = 16 * 1024;
 
-/// Whether `x` is an f32 tensor on the CPU backend.
+/// Whether `x` is an f32 tensor on the CPU backend that these kernels may take: not an
+/// autodiff tensor (training), whose graph they would cut — and whose primitive is not a
+/// Flex tensor (`Device`'s equality ignores autodiff, so the device test alone passes it).
 fn on_cpu<const D: usize>(x: &Tensor<D>) -> bool {
-    x.dtype() == DType::F32 && x.device() == Device::flex()
+    x.dtype() == DType::F32 && !x.is_autodiff() && x.device() == Device::flex()
 }
 
 /// Runs `f` on the f32 values of `x` in place; `Err(x)` when `x` is not an f32 tensor on

@@ -6,7 +6,7 @@ use burn::tensor::{activation, ops::ConvTransposeOptions, Tensor};
 use super::nn::{LayerNorm2d, Linear};
 use super::params::Params;
 use super::prompt_encoder::fourier_pe;
-use super::two_way_transformer::TwoWayTransformer;
+use super::two_way_transformer::{Shape, TwoWayTransformer};
 use crate::error::Result;
 
 /// SAM `MLP`: Linear layers with ReLU between them, keyed `layers.{i}`.
@@ -99,10 +99,11 @@ const MASK_TOKENS: usize = 4;
 impl MaskDecoderMultiScale {
     /// Loads `mask_decoder.*` from `p` (the `model.` prefix); `grid` is the level-0 feature
     /// side (32).
-    pub fn load(p: &Params, dim: usize, grid: usize) -> Result<Self> {
+    pub fn load(p: &Params, shape: Shape, grid: usize) -> Result<Self> {
         let p = p.pp("mask_decoder");
+        let dim = shape.dim;
         let transformer = (0..2)
-            .map(|l| TwoWayTransformer::load(&p.pp("transformer").pp(l), dim, 2))
+            .map(|l| TwoWayTransformer::load(&p.pp("transformer").pp(l), shape, 2))
             .collect::<Result<Vec<_>>>()?;
         let g = p.host("pe1.positional_encoding_gaussian_matrix", &[2, dim / 2])?;
         let up = dim / 8;

@@ -123,6 +123,17 @@ impl PixelLmModel {
         .map_err(|e| with_config_hint(e, config))
     }
 
+    /// Builds the model from parameter views (the checkpoint root and the CLIP root):
+    /// checkpoints, random values, in-memory tensors (training) or a recording.
+    pub fn from_params(
+        config: &PixelLmConfig,
+        clip_config: &ClipVisionConfig,
+        root: &Params,
+        clip: &Params,
+    ) -> Result<Self> {
+        Self::build(config, clip_config, root, clip)
+    }
+
     fn build(
         config: &PixelLmConfig,
         clip_config: &ClipVisionConfig,
@@ -175,7 +186,15 @@ impl PixelLmModel {
             codebook: Codebook::load(&m, h, config.out_dim, 3, config.scales)?,
             neck: ImageFeatureNeck::load(&m, h, config.out_dim)?,
             prompt_encoder: PromptEncoder::load(&m, config.out_dim, grid)?,
-            mask_decoder: MaskDecoderMultiScale::load(&m, config.out_dim, grid)?,
+            mask_decoder: MaskDecoderMultiScale::load(
+                &m,
+                two_way_transformer::Shape {
+                    dim: config.out_dim,
+                    heads: config.decoder_heads,
+                    mlp_dim: config.decoder_mlp_dim,
+                },
+                grid,
+            )?,
             config: config.clone(),
             clip_config: clip_config.clone(),
             device: device.clone(),

@@ -253,10 +253,11 @@ fn conv_result(y: Tensor<4>, back: Option<DType>) -> Tensor<4> {
     }
 }
 
-/// Whether `x` is on the native CPU backend.
+/// Whether `x` is on the native CPU backend (and not an autodiff tensor: training takes
+/// Burn's own, differentiable ops).
 fn on_cpu<const D: usize>(x: &Tensor<D>) -> bool {
     #[cfg(feature = "cpu")]
-    let cpu = x.device() == burn::tensor::Device::flex();
+    let cpu = !x.is_autodiff() && x.device() == burn::tensor::Device::flex();
     #[cfg(not(feature = "cpu"))]
     let cpu = {
         let _ = x;

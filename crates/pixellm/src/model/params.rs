@@ -5,6 +5,7 @@
 //! table exists anywhere, and every failure names the tensor, the file and the shape.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
 use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
 
@@ -44,7 +45,16 @@ enum Source<'a> {
     /// at real shapes without a checkpoint (benchmarks). Rank-1 tensors (norm weights,
     /// biases) are ones; matrices are uniform in ±1/√fan_in so activations stay finite.
     Random,
+    /// Tensors held in memory (training): the stored tensor itself is handed out, so
+    /// gradients reach it.
+    Map(&'a TensorMap),
+    /// Zeros of whatever shape is asked for, each `(name, shape)` written down: the list of
+    /// tensors a configuration needs, in the loader's own words.
+    Record(&'a RefCell<Vec<(String, Vec<usize>)>>),
 }
+
+/// Named tensors in memory: `name -> (shape, flat values)`.
+pub type TensorMap = HashMap<String, (Vec<usize>, Tensor<1>)>;
 
 /// A view of the opened checkpoint files under a key prefix, bound to a device and dtype.
 #[derive(Clone)]
@@ -73,6 +83,33 @@ impl<'a> Params<'a> {
     pub fn random(device: &'a Device, dtype: DType) -> Self {
         Self {
             source: Source::Random,
+            device,
+            dtype,
+            prefix: String::new(),
+            monitor: None,
+        }
+    }
+
+    /// Tensors from memory (`tensors`), created on `device` in `dtype` when a constant is
+    /// built from host values.
+    pub fn from_map(tensors: &'a TensorMap, device: &'a Device, dtype: DType) -> Self {
+        Self {
+            source: Source::Map(tensors),
+            device,
+            dtype,
+            prefix: String::new(),
+            monitor: None,
+        }
+    }
+
+    /// Records every `(name, shape)` the model asks for into `names` and hands out zeros.
+    pub fn recording(
+        names: &'a RefCell<Vec<(String, Vec<usize>)>>,
+        device: &'a Device,
+        dtype: DType,
+    ) -> Self {
+        Self {
+            source: Source::Record(names),
             device,
             dtype,
             prefix: String::new(),
@@ -124,7 +161,8 @@ impl<'a> Params<'a> {
     pub fn contains(&self, name: &str) -> bool {
         match self.source {
             Source::Files(files) => files.contains(&self.key(name)),
-            Source::Random => self.key(name) != "lm_head.weight",
+            Source::Map(map) => map.contains_key(&self.key(name)),
+            Source::Random | Source::Record(_) => self.key(name) != "lm_head.weight",
         }
     }
 
@@ -134,6 +172,14 @@ impl<'a> Params<'a> {
         let files = match self.source {
             Source::Files(files) => files,
             Source::Random => return Ok(random_host(&key, shape)),
+            Source::Record(names) => {
+                names.borrow_mut().push((key, shape.to_vec()));
+                return Ok(vec![0.0; shape.iter().product()]);
+            }
+            Source::Map(map) => {
+                let t = map_entry(map, &key, shape)?;
+                return crate::pipeline::read_f32(t.clone());
+            }
         };
         let values = files.read_f32(&key, shape)?;
         if let Some(m) = self.monitor {
@@ -144,6 +190,18 @@ impl<'a> Params<'a> {
 
     /// Reads `name` onto the device, checking its shape.
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        match self.source {
+            Source::Map(map) => {
+                return Ok(map_entry(map, &self.key(name), &shape)?
+                    .clone()
+                    .reshape(shape))
+            }
+            Source::Record(names) => {
+                names.borrow_mut().push((self.key(name), shape.to_vec()));
+                return Ok(Tensor::zeros(shape, (self.device, self.dtype)));
+            }
+            _ => {}
+        }
         if let Source::Random = self.source {
             let options = (self.device, self.dtype);
             if D == 1 {
@@ -159,6 +217,23 @@ impl<'a> Params<'a> {
     /// Creates a device tensor (in this view's dtype) from host values.
     pub fn upload<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
         upload(values, shape, self.device, self.dtype)
+    }
+}
+
+/// The flat tensor of `key`, its stored shape checked against `shape`.
+fn map_entry<'m>(map: &'m TensorMap, key: &str, shape: &[usize]) -> Result<&'m Tensor<1>> {
+    match map.get(key) {
+        None => Err(crate::Error::MissingTensor {
+            name: key.to_string(),
+            searched: "the tensors in memory".into(),
+            expected: shape.to_vec(),
+        }),
+        Some((stored, _)) if stored.as_slice() != shape => Err(crate::Error::Tensor {
+            file: "<memory>".into(),
+            name: key.to_string(),
+            msg: format!("shape {stored:?}, expected {shape:?}"),
+        }),
+        Some((_, t)) => Ok(t),
     }
 }
 

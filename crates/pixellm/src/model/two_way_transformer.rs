@@ -1,4 +1,5 @@
-//! SAM's `TwoWayTransformer` (depth 2, 8 heads, ReLU MLP 2048, attention downsample 2):
+//! SAM's `TwoWayTransformer` (depth 2, 8 heads, ReLU MLP 2048, attention downsample 2 —
+//! heads and MLP width configurable for smaller models):
 //! tokens attend to the image and the image to the tokens (spec §10.2).
 
 use burn::tensor::{activation, Tensor};
@@ -7,8 +8,16 @@ use super::nn::{contiguous, multi_head_attention, LayerNorm, Linear};
 use super::params::Params;
 use crate::error::Result;
 
-const HEADS: usize = 8;
-const MLP_DIM: usize = 2048;
+/// Widths of a two-way transformer: SAM's are `dim` 256, 8 heads, MLP 2048.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Token and image feature width (`out_dim`).
+    pub dim: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// MLP width.
+    pub mlp_dim: usize,
+}
 
 /// SAM `Attention` with projections to `dim / downsample` channels.
 #[derive(Debug, Clone)]
@@ -17,10 +26,11 @@ struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     out_proj: Linear,
+    heads: usize,
 }
 
 impl Attention {
-    fn load(p: &Params, name: &str, dim: usize, downsample: usize) -> Result<Self> {
+    fn load(p: &Params, name: &str, dim: usize, downsample: usize, heads: usize) -> Result<Self> {
         let p = p.pp(name);
         let inner = dim / downsample;
         Ok(Self {
@@ -28,6 +38,7 @@ impl Attention {
             k_proj: Linear::load(&p, "k_proj", dim, inner, true)?,
             v_proj: Linear::load(&p, "v_proj", dim, inner, true)?,
             out_proj: Linear::load(&p, "out_proj", inner, dim, true)?,
+            heads,
         })
     }
 
@@ -36,7 +47,7 @@ impl Attention {
             self.q_proj.forward(q),
             self.k_proj.forward(k),
             self.v_proj.forward(v),
-            HEADS,
+            self.heads,
             None,
         );
         self.out_proj.forward(out)
@@ -59,19 +70,36 @@ struct Block {
 }
 
 impl Block {
-    fn load(p: &Params, dim: usize, skip_first_layer_pe: bool) -> Result<Self> {
+    fn load(p: &Params, shape: Shape, skip_first_layer_pe: bool) -> Result<Self> {
+        let Shape {
+            dim,
+            heads,
+            mlp_dim,
+        } = shape;
         let ln = |name: &str| LayerNorm::load(p, name, dim, 1e-5);
         let mlp = p.pp("mlp");
         Ok(Self {
-            self_attn: Attention::load(p, "self_attn", dim, 1)?,
+            self_attn: Attention::load(p, "self_attn", dim, 1, heads)?,
             norm1: ln("norm1")?,
-            cross_attn_token_to_image: Attention::load(p, "cross_attn_token_to_image", dim, 2)?,
+            cross_attn_token_to_image: Attention::load(
+                p,
+                "cross_attn_token_to_image",
+                dim,
+                2,
+                heads,
+            )?,
             norm2: ln("norm2")?,
-            lin1: Linear::load(&mlp, "lin1", dim, MLP_DIM, true)?,
-            lin2: Linear::load(&mlp, "lin2", MLP_DIM, dim, true)?,
+            lin1: Linear::load(&mlp, "lin1", dim, mlp_dim, true)?,
+            lin2: Linear::load(&mlp, "lin2", mlp_dim, dim, true)?,
             norm3: ln("norm3")?,
             norm4: ln("norm4")?,
-            cross_attn_image_to_token: Attention::load(p, "cross_attn_image_to_token", dim, 2)?,
+            cross_attn_image_to_token: Attention::load(
+                p,
+                "cross_attn_image_to_token",
+                dim,
+                2,
+                heads,
+            )?,
             skip_first_layer_pe,
         })
     }
@@ -126,14 +154,20 @@ pub struct TwoWayTransformer {
 
 impl TwoWayTransformer {
     /// Loads `layers.{0,1}.*`, `final_attn_token_to_image.*`, `norm_final_attn.*` under `p`.
-    pub fn load(p: &Params, dim: usize, depth: usize) -> Result<Self> {
+    pub fn load(p: &Params, shape: Shape, depth: usize) -> Result<Self> {
         let layers = (0..depth)
-            .map(|i| Block::load(&p.pp("layers").pp(i), dim, i == 0))
+            .map(|i| Block::load(&p.pp("layers").pp(i), shape, i == 0))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             layers,
-            final_attn_token_to_image: Attention::load(p, "final_attn_token_to_image", dim, 2)?,
-            norm_final_attn: LayerNorm::load(p, "norm_final_attn", dim, 1e-5)?,
+            final_attn_token_to_image: Attention::load(
+                p,
+                "final_attn_token_to_image",
+                shape.dim,
+                2,
+                shape.heads,
+            )?,
+            norm_final_attn: LayerNorm::load(p, "norm_final_attn", shape.dim, 1e-5)?,
         })
     }
 

@@ -115,8 +115,19 @@ impl VisionTower {
         }
         let old_grid = c.image_size / patch;
         let new_grid = image_size / patch;
-        let old_pos = emb.host("position_embedding.weight", &[old_grid * old_grid + 1, d])?;
-        let new_pos = resize_position_embedding(&old_pos, d, old_grid, new_grid);
+        let table = [new_grid * new_grid + 1, d];
+        // At the tower's own size the official resize is the identity (its off-by-one
+        // moves no row): the table is used as stored, on the device, so that training
+        // reaches it.
+        let position_embedding = if old_grid == new_grid {
+            emb.tensor("position_embedding.weight", table)?
+        } else {
+            let old_pos = emb.host("position_embedding.weight", &[old_grid * old_grid + 1, d])?;
+            p.upload(
+                resize_position_embedding(&old_pos, d, old_grid, new_grid),
+                table,
+            )
+        };
 
         // hidden_states has L + 1 entries (index 0 = embeddings).
         let deep_index = layers_total - 1;
@@ -129,7 +140,7 @@ impl VisionTower {
             patch_embedding: emb
                 .tensor("patch_embedding.weight", [d, c.num_channels, patch, patch])?,
             class_embedding: emb.tensor("class_embedding", [d])?,
-            position_embedding: p.upload(new_pos, [new_grid * new_grid + 1, d]),
+            position_embedding,
             pre_layrnorm: LayerNorm::load(&p, "pre_layrnorm", d, c.layer_norm_eps)?,
             layers,
             patch,
