@@ -156,6 +156,17 @@ pub fn cpu_matmul() -> String {
     "built-in".to_string()
 }
 
+/// Whether `device` is the CPU backend (autodiff or not).
+pub fn is_cpu(device: &Device) -> bool {
+    #[cfg(feature = "cpu")]
+    return device.clone().inner() == Device::flex();
+    #[cfg(not(feature = "cpu"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
 /// A human-readable name of the hardware behind `device` ("llvmpipe (LLVM 15.0.6, 256
 /// bits)", "NVIDIA H100 PCIe", "CPU").
 pub fn describe(device: &Device) -> String {

@@ -200,6 +200,77 @@ impl PixelLm {
         Self::new(model, tokenizer)
     }
 
+    /// Loads a model held in memory: `model` and `clip` map file names to bytes, as the
+    /// directories `load` reads would hold them (`config.json`; `tokenizer.model` and/or
+    /// `tokenizer.json`, `added_tokens.json`, `tokenizer_config.json`; weights as
+    /// `*.safetensors`, `pytorch_model-*.bin` or `*.gguf`). For the browser (files fetched
+    /// or dropped) and for a model compiled into a program. `progress(done, total)`
+    /// follows the weight bytes converted.
+    pub fn from_memory(
+        model: &std::collections::BTreeMap<String, Vec<u8>>,
+        clip: &std::collections::BTreeMap<String, Vec<u8>>,
+        device: &Device,
+        dtype: DType,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self> {
+        fn take<'f>(
+            files: &'f std::collections::BTreeMap<String, Vec<u8>>,
+            name: &str,
+            what: &str,
+        ) -> Result<&'f Vec<u8>> {
+            files
+                .get(name)
+                .ok_or_else(|| Error::config(what, format!("`{name}` is missing")))
+        }
+        let config =
+            PixelLmConfig::from_bytes(take(model, "config.json", "model")?, "config.json")?;
+        let clip_config = ClipVisionConfig::from_bytes(
+            take(clip, "config.json", "vision tower")?,
+            "vision tower config.json",
+        )?;
+        let mut tokenizer = Tokenizer::from_bytes(
+            model
+                .get("tokenizer.model")
+                .map(Vec::as_slice)
+                .unwrap_or(&[]),
+            model.get("tokenizer.json").map(Vec::as_slice),
+            model.get("added_tokens.json").map(Vec::as_slice),
+        )?;
+        if let Some(cfg) = model.get("tokenizer_config.json") {
+            tokenizer.apply_tokenizer_config(cfg, "tokenizer_config.json")?;
+        }
+        let weights = |files: &std::collections::BTreeMap<String, Vec<u8>>,
+                       what: &str|
+         -> Result<WeightFiles> {
+            let mut out = WeightFiles::new();
+            for (name, bytes) in files {
+                if name.ends_with(".safetensors")
+                    || name.ends_with(".bin")
+                    || name.ends_with(".gguf")
+                {
+                    out.extend(WeightFiles::from_bytes(name, bytes.clone())?);
+                }
+            }
+            if out.is_empty() {
+                return Err(Error::config(
+                    what,
+                    "no weights (*.safetensors or pytorch_model-*.bin) among the files",
+                ));
+            }
+            Ok(out)
+        };
+        let model = PixelLmModel::load(
+            &config,
+            &clip_config,
+            &weights(model, "model")?,
+            &weights(clip, "vision tower")?,
+            device,
+            dtype,
+            progress,
+        )?;
+        Self::new(model, tokenizer)
+    }
+
     /// Pairs loaded weights with a tokenizer (e.g. both built from in-memory bytes).
     pub fn new(model: PixelLmModel, tokenizer: Tokenizer) -> Result<Self> {
         let seg_ids = tokenizer.seg_token_ids();

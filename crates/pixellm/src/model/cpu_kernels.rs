@@ -1214,6 +1214,43 @@ mod tests {
         assert!(conv2d(cpu_tensor(vec![0.0; 12], [1, 3, 2, 2]), &weight, 1, 0).is_err());
     }
 
+    /// Training: autodiff tensors (inputs or weights) never enter the kernels, which would
+    /// cut the graph or panic on a non-Flex primitive; each hands them back to Burn's ops.
+    #[cfg(feature = "train")]
+    #[test]
+    fn autodiff_tensors_are_handed_back() {
+        let ad = Device::flex().autodiff();
+        let t = |v: Vec<f32>, d: &Device| Tensor::<2>::from_data(TensorData::new(v, [2, 3]), d);
+        let x = t(vec![0.5; 6], &ad).require_grad();
+        let plain = t(vec![0.5; 6], &Device::flex());
+        let w = Tensor::<2>::from_data(TensorData::new(vec![0.1f32; 12], [4, 3]), &ad);
+        let w_plain =
+            Tensor::<2>::from_data(TensorData::new(vec![0.1f32; 12], [4, 3]), &Device::flex());
+        assert!(linear(x.clone(), &w_plain, None).is_err());
+        assert!(
+            linear(plain.clone(), &w, None).is_err(),
+            "an autodiff weight"
+        );
+        assert!(
+            gelu(x.clone()).is_err() && silu(x.clone()).is_err() && quick_gelu(x.clone()).is_err()
+        );
+        let ones = Tensor::<1>::from_data(TensorData::new(vec![1f32; 3], [3]), &ad);
+        assert!(layer_norm(x.clone(), &ones, &ones, 1e-5).is_err());
+        let x4 = x.clone().reshape([1, 1, 2, 3]);
+        assert!(resize(
+            x4.clone(),
+            &[1.0, 0.0, 0.0, 1.0],
+            &[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+            (2, 3)
+        )
+        .is_err());
+        let w4 = Tensor::<4>::from_data(TensorData::new(vec![0.1f32; 4], [4, 1, 1, 1]), &ad);
+        assert!(conv2d(x4.clone(), &w4, 1, 0).is_err());
+        assert!(attention(x4.clone(), x4.clone(), x4, None, 1.0, true).is_err());
+        // The plain CPU tensors still take the kernels.
+        assert!(linear(plain, &w_plain, None).is_ok());
+    }
+
     #[test]
     fn in_place_kernels_leave_shared_and_strided_inputs_alone() {
         let xs: Vec<f32> = (0..600).map(|i| i as f32 * 0.01 - 3.0).collect();

@@ -22,42 +22,61 @@ pub fn bce_pixels<const D: usize>(logits: Tensor<D>, target: Tensor<D>) -> Tenso
     activation::log_sigmoid(logits.clone().neg()).neg() - logits * target
 }
 
+/// `[N, H, W]` -> `[N]`: the sum over each mask's pixels, rows first, then columns.
+///
+/// Two short reductions instead of one over `H·W`: Burn 0.22.1's wgpu backend returns
+/// wrong sums for a reduced axis of ~190,000 elements and more (measured on lavapipe:
+/// 329×583 = 191,807 values summed to −16.2 instead of −21.3; 262,144 and 300,000 wrong as
+/// well, 150,000 right), the size of an original-resolution mask.
+pub fn per_mask_sum(x: Tensor<3>) -> Tensor<1> {
+    let n = x.dims()[0];
+    x.sum_dim(2).sum_dim(1).reshape([n])
+}
+
+/// The sum of all values, in chunks of at most 2^16 (see [`per_mask_sum`] for why).
+pub fn chunked_sum(x: Tensor<1>) -> Tensor<1> {
+    const CHUNK: usize = 1 << 16;
+    let n = x.dims()[0];
+    if n <= CHUNK {
+        return x.sum().reshape([1]);
+    }
+    let parts: Vec<Tensor<1>> = (0..n)
+        .step_by(CHUNK)
+        .map(|start| {
+            x.clone()
+                .narrow(0, start, CHUNK.min(n - start))
+                .sum()
+                .reshape([1])
+        })
+        .collect();
+    Tensor::cat(parts, 0).sum().reshape([1])
+}
+
 /// Per-mask mean BCE of `[N, H, W]` logits against 0/1 targets: `[N]`.
 pub fn bce_per_mask(logits: Tensor<3>, target: Tensor<3>) -> Tensor<1> {
-    let [n, h, w] = logits.dims();
-    bce_pixels(logits, target)
-        .reshape([n, h * w])
-        .mean_dim(1)
-        .reshape([n])
+    let [_, h, w] = logits.dims();
+    per_mask_sum(bce_pixels(logits, target)).div_scalar((h * w) as f64)
 }
 
 /// Per-mask DICE loss of `[N, H, W]` logits (the official scale 1000, ε 1e-6): `[N]`.
 pub fn dice_per_mask(logits: Tensor<3>, target: Tensor<3>) -> Tensor<1> {
-    let [n, h, w] = logits.dims();
-    let p = activation::sigmoid(logits)
-        .reshape([n, h * w])
-        .div_scalar(1000.0);
-    let t = target.reshape([n, h * w]);
+    let p = activation::sigmoid(logits).div_scalar(1000.0);
     // As the official code: the numerator scales the prediction only.
-    let numerator = (p.clone() * t.clone()).sum_dim(1).mul_scalar(2.0);
-    let denominator = p.sum_dim(1) + t.sum_dim(1).div_scalar(1000.0);
+    let numerator = per_mask_sum(p.clone() * target.clone()).mul_scalar(2.0);
+    let denominator = per_mask_sum(p) + per_mask_sum(target).div_scalar(1000.0);
     (numerator.add_scalar(1e-6) / denominator.add_scalar(1e-6))
         .neg()
         .add_scalar(1.0)
-        .reshape([n])
 }
 
 /// Per-mask refinement loss of one question's `[N, H, W]` logits: the mean over pixels
 /// of BCE on the pixels that ≥ 2 of the question's predictions claim (logit > 0): `[N]`.
 /// The contested-pixel weight is a constant (no gradient through the threshold).
 pub fn refine_per_mask(logits: Tensor<3>, target: Tensor<3>) -> Tensor<1> {
-    let [n, h, w] = logits.dims();
+    let [_, h, w] = logits.dims();
     let claimed = logits.clone().detach().greater_elem(0.0).float().sum_dim(0);
     let contested = claimed.greater_equal_elem(2.0).float();
-    (bce_pixels(logits, target) * contested)
-        .reshape([n, h * w])
-        .mean_dim(1)
-        .reshape([n])
+    per_mask_sum(bce_pixels(logits, target) * contested).div_scalar((h * w) as f64)
 }
 
 #[cfg(test)]

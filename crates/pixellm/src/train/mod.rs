@@ -39,7 +39,8 @@ use crate::tokenizer::prompt::seg_token_strings;
 use crate::tokenizer::Tokenizer;
 use crate::weights::WeightFiles;
 use crate::{Error, Result};
-use step::{example_loss, Example, Question};
+pub use step::Example;
+use step::{example_loss, Question};
 use store::{ParamStore, TrainMode};
 
 /// Where the weights start.
@@ -248,6 +249,31 @@ fn example(entry: &Entry, rng: &mut Rng) -> Result<Example> {
     })
 }
 
+/// The example of a generated scene (its questions as written), for tests and tools that
+/// train without files.
+pub fn scene_example(scene: &crate::data::synth::Scene) -> Example {
+    let group = seg_token_strings(6).join(" ");
+    Example {
+        image: scene.image.clone(),
+        questions: scene
+            .questions
+            .iter()
+            .map(|q| Question {
+                prompt: q.text.clone(),
+                answer: q
+                    .text_answer
+                    .replace(crate::data::synth::SEG_PLACEHOLDER, &group),
+                masks: q
+                    .targets
+                    .iter()
+                    .map(|&t| scene.objects[t].mask.clone())
+                    .collect(),
+            })
+            .collect(),
+        label: "<scene>".into(),
+    }
+}
+
 /// The data order: epoch `e` visits the entries in a seeded permutation.
 fn entry_at(n: usize, seed: u64, position: usize) -> usize {
     let (epoch, offset) = (position / n, position % n);
@@ -271,18 +297,114 @@ pub fn lr_at(step: usize, opts: &TrainOptions) -> f64 {
 
 /// Scalars of one step, for the log.
 #[derive(Debug, Clone, Copy, Default)]
-struct StepStats {
-    loss: f64,
-    ce: f64,
-    bce: f64,
-    dice: f64,
-    refine: f64,
-    grad_norm: f64,
+pub struct StepStats {
+    /// The weighted total.
+    pub loss: f64,
+    /// Cross-entropy (mean over answer tokens).
+    pub ce: f64,
+    /// BCE (mean over masks).
+    pub bce: f64,
+    /// DICE (mean over masks).
+    pub dice: f64,
+    /// Refinement loss (mean over masks, before its weight).
+    pub refine: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
 }
 
 fn scalar(t: Tensor<1>) -> Result<f64> {
     let v = crate::pipeline::read_f32(t)?;
     Ok(v.first().copied().unwrap_or(f32::NAN) as f64)
+}
+
+/// The loss of `examples` under the store's weights and its gradient for every trainable
+/// parameter (`None` for frozen ones and ones the loss does not reach), in `store.params`
+/// order.
+///
+/// The batch means (over answer tokens, over masks) are known before the forward pass, so
+/// each example's share of the loss is differentiated on its own and the gradients summed.
+/// On the CPU the examples run on the thread pool side by side, each with its own autodiff
+/// graph (Burn keeps unrelated graphs apart, each behind its own lock): one example's ops are
+/// too small to keep two cores busy (measured: 0.9 cores used), two examples at once do.
+pub fn loss_and_grads(
+    store: &ParamStore,
+    config: &PixelLmConfig,
+    clip: &ClipVisionConfig,
+    tokenizer: &Tokenizer,
+    examples: &[Example],
+    refine_weight: f64,
+) -> Result<(StepStats, Vec<Option<Tensor<1>>>)> {
+    let tokens: usize = examples
+        .iter()
+        .map(|ex| step::supervised_tokens(tokenizer, ex))
+        .sum();
+    let masks: usize = examples
+        .iter()
+        .map(|ex| ex.questions.iter().map(|q| q.masks.len()).sum::<usize>())
+        .sum();
+    let (t, m) = (tokens.max(1) as f64, masks.max(1) as f64);
+    let one = |ex: &Example| -> Result<([f64; 5], Vec<Option<Tensor<1>>>)> {
+        let ad = store.device().clone().autodiff();
+        let (map, leaves) = store.tensor_map(true);
+        let params = Params::from_map(&map, &ad, DType::F32);
+        let model = PixelLmModel::from_params(config, clip, &params, &params)?;
+        let pixellm = PixelLm::new(model, tokenizer.clone())?;
+        let s = example_loss(&pixellm, ex)?;
+        let ce = s.ce.div_scalar(t);
+        let bce = s.bce.div_scalar(m);
+        let dice = s.dice.div_scalar(m);
+        let refine = s.refine.div_scalar(m);
+        let loss = ce.clone().mul_scalar(CE_WEIGHT)
+            + bce.clone().mul_scalar(BCE_WEIGHT)
+            + dice.clone().mul_scalar(DICE_WEIGHT)
+            + refine.clone().mul_scalar(refine_weight);
+        let grads = loss.backward();
+        let parts = [
+            scalar(loss.inner())?,
+            scalar(ce.inner())?,
+            scalar(bce.inner())?,
+            scalar(dice.inner())?,
+            scalar(refine.inner())?,
+        ];
+        let grads = leaves
+            .iter()
+            .map(|l| l.as_ref().and_then(|l| l.grad(&grads)))
+            .collect();
+        Ok((parts, grads))
+    };
+    #[cfg(not(target_family = "wasm"))]
+    let results: Vec<Result<_>> = if crate::backend::is_cpu(store.device()) && examples.len() > 1 {
+        use rayon::prelude::*;
+        examples.par_iter().map(one).collect()
+    } else {
+        examples.iter().map(one).collect()
+    };
+    #[cfg(target_family = "wasm")]
+    let results: Vec<Result<_>> = examples.iter().map(one).collect();
+    // Summed in example order, whatever order the threads finished in: deterministic.
+    let mut parts = [0.0; 5];
+    let mut grads: Vec<Option<Tensor<1>>> = vec![None; store.params.len()];
+    for r in results {
+        let (p, g) = r?;
+        for (a, b) in parts.iter_mut().zip(p) {
+            *a += b;
+        }
+        for (acc, gi) in grads.iter_mut().zip(g) {
+            *acc = match (acc.take(), gi) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            };
+        }
+    }
+    let stats = StepStats {
+        loss: parts[0],
+        ce: parts[1],
+        bce: parts[2],
+        dice: parts[3],
+        refine: parts[4],
+        grad_norm: 0.0,
+    };
+    Ok((stats, grads))
 }
 
 /// One optimiser step on `examples`.
@@ -294,41 +416,14 @@ fn train_step(
     step: usize,
     refine_weight: f64,
 ) -> Result<StepStats> {
-    let ad = store.device().clone().autodiff();
-    let (map, leaves) = store.tensor_map(true);
-    let params = Params::from_map(&map, &ad, DType::F32);
-    let model = PixelLmModel::from_params(&def.config, &def.clip, &params, &params)?;
-    let pixellm = PixelLm::new(model, def.tokenizer.clone())?;
-    let mut sums = Vec::new();
-    for ex in examples {
-        sums.push(example_loss(&pixellm, ex)?);
-    }
-    let tokens: usize = sums.iter().map(|s| s.tokens).sum();
-    let masks: usize = sums.iter().map(|s| s.masks).sum();
-    let total = |f: fn(&step::LossSums) -> Tensor<1>| {
-        sums.iter()
-            .map(f)
-            .reduce(|a, b| a + b)
-            .expect("a batch has examples")
-    };
-    let ce = total(|s| s.ce.clone()).div_scalar(tokens.max(1) as f64);
-    let m = masks.max(1) as f64;
-    let bce = total(|s| s.bce.clone()).div_scalar(m);
-    let dice = total(|s| s.dice.clone()).div_scalar(m);
-    let refine = total(|s| s.refine.clone()).div_scalar(m);
-    let loss = ce.clone().mul_scalar(CE_WEIGHT)
-        + bce.clone().mul_scalar(BCE_WEIGHT)
-        + dice.clone().mul_scalar(DICE_WEIGHT)
-        + refine.clone().mul_scalar(refine_weight);
-    let grads = loss.backward();
-    let mut stats = StepStats {
-        loss: scalar(loss.inner())?,
-        ce: scalar(ce.inner())?,
-        bce: scalar(bce.inner())?,
-        dice: scalar(dice.inner())?,
-        refine: scalar(refine.inner())?,
-        grad_norm: 0.0,
-    };
+    let (mut stats, grads) = loss_and_grads(
+        store,
+        &def.config,
+        &def.clip,
+        &def.tokenizer,
+        examples,
+        refine_weight,
+    )?;
     if !stats.loss.is_finite() {
         return Err(Error::Backend(format!(
             "step {}: the loss is {} (ce {}, bce {}, dice {}); lower --lr",
@@ -340,14 +435,10 @@ fn train_step(
         )));
     }
     // Global gradient norm (DeepSpeed's gradient_clipping), then AdamW.
-    let grads: Vec<Option<Tensor<1>>> = leaves
-        .iter()
-        .map(|l| l.as_ref().and_then(|l| l.grad(&grads)))
-        .collect();
     let squares: Vec<Tensor<1>> = grads
         .iter()
         .flatten()
-        .map(|g| g.clone().square().sum().reshape([1]))
+        .map(|g| loss::chunked_sum(g.clone().square()))
         .collect();
     let norm = if squares.is_empty() {
         0.0
@@ -462,8 +553,10 @@ pub fn train(opts: &TrainOptions, device: &Device, report: &mut dyn FnMut(Event)
         },
         crate::backend::describe(device)
     )));
-    if step == 0 {
-        save(opts, &def, &store, 0, secs_before, &log, None)?;
+    // A checkpoint at the start of a fresh run, and when a finished run is resumed without
+    // further steps (e.g. to export it again with another --save-dtype).
+    if step == 0 || step >= opts.steps {
+        save(opts, &def, &store, step, secs_before, &log, None)?;
     }
     let run_start = Instant::now();
     while step < opts.steps {

@@ -56,6 +56,28 @@ fn index(values: Vec<i64>, device: &burn::tensor::Device) -> Tensor<1, Int> {
     Tensor::from_data(TensorData::new(values, [n]), device)
 }
 
+/// Answer tokens (and `</s>`) the cross-entropy of `ex` covers.
+pub fn supervised_tokens(tok: &crate::tokenizer::Tokenizer, ex: &Example) -> usize {
+    ex.questions
+        .iter()
+        .map(|q| {
+            let prompt_ids = tok.encode_with_image(&llava_v1_prompt(&q.prompt, None));
+            let full = tok.encode_with_image(&llava_v1_prompt(&q.prompt, Some(&q.answer)));
+            full.len() - answer_start(&prompt_ids, &full)
+        })
+        .sum()
+}
+
+/// Index of the first supervised token: after the prompt's common prefix (never the BOS).
+fn answer_start(prompt_ids: &[i64], full: &[i64]) -> usize {
+    prompt_ids
+        .iter()
+        .zip(full)
+        .take_while(|(a, b)| a == b)
+        .count()
+        .max(1)
+}
+
 /// The losses of one example under `model` (whose tensors may be autodiff leaves).
 pub fn example_loss(pixellm: &PixelLm, ex: &Example) -> Result<LossSums> {
     let model = pixellm.model();
@@ -77,12 +99,7 @@ pub fn example_loss(pixellm: &PixelLm, ex: &Example) -> Result<LossSums> {
     for (qi, q) in ex.questions.iter().enumerate() {
         let prompt_ids = tok.encode_with_image(&llava_v1_prompt(&q.prompt, None));
         let full = tok.encode_with_image(&llava_v1_prompt(&q.prompt, Some(&q.answer)));
-        let common = prompt_ids
-            .iter()
-            .zip(&full)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .max(1);
+        let common = answer_start(&prompt_ids, &full);
         let p = image_position(&full)?;
         let pos = |m: usize| (if m < p { m } else { m + shift }) as i64;
         let hidden = pixellm.forced_hidden_states(&full, &features, &input)?;
