@@ -3,6 +3,7 @@
 mod eval;
 mod output;
 mod progress;
+mod serve;
 #[cfg(feature = "train")]
 mod train;
 
@@ -52,6 +53,8 @@ enum Command {
     /// Train PixelLM (the paper's losses) into a model directory.
     #[cfg(feature = "train")]
     Train(train::TrainArgs),
+    /// An OpenAI-compatible HTTP server that answers with text and masks.
+    Serve(serve::ServeArgs),
     /// Datasets: `data synth` generates multi-target shape scenes in MUSE's format.
     Data {
         #[command(subcommand)]
@@ -169,6 +172,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(args),
         Command::Chat(args) => chat(args),
         Command::Eval(args) => eval::eval(args),
+        Command::Serve(args) => serve::serve(args),
         #[cfg(feature = "train")]
         Command::Train(args) => train::train(args),
         Command::Data {
@@ -182,6 +186,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The name the built-in model is served and reported under.
+pub(crate) const DEFAULT_MODEL_NAME: &str = "pixellm-shapes";
+
+/// The model built into this program (`models/pixellm-shapes`).
+pub(crate) fn default_model(device: &Device, precision: Precision) -> pixellm::Result<PixelLm> {
+    let _ = (device, precision);
+    Err(pixellm::Error::config(
+        "--model",
+        "this build has no model built in yet; pass --model DIR",
+    ))
 }
 
 /// Loads a PixelLM directory with its progress on stderr: one line per phase, the weight
