@@ -106,7 +106,7 @@ fn is_buffer(name: &str) -> bool {
 
 /// Deterministic initial values for `name` (PyTorch/Hugging Face defaults by kind):
 /// linear and convolution weights U(±1/√fan_in), biases 0, norm scales 1, token tables
-/// N(0, 0.02), SAM's learned tokens N(0, 1), CLIP's class embedding N(0, 1/√D), the Fourier
+/// N(0, 0.02), SAM's learned tokens N(0, 0.02) (see below), CLIP's class embedding N(0, 1/√D), the Fourier
 /// matrices N(0, 1).
 fn init_values(name: &str, shape: &[usize], seed: u64) -> Vec<f32> {
     let n: usize = shape.iter().product();
@@ -136,6 +136,11 @@ fn init_values(name: &str, shape: &[usize], seed: u64) -> Vec<f32> {
     if name.ends_with("embed_tokens.weight") || name.ends_with("position_embedding.weight") {
         return normal(0.02);
     }
+    // SAM initialises its learned tokens N(0, 1); its prompts (points, boxes) are of that
+    // size too. PixelLM's prompt is a 1/6-weighted sum of projected LLM states, far smaller,
+    // and a from-scratch model with N(0, 1) tokens learned to ignore it: after 1,500 steps
+    // both targets of a question got the same "every object" mask (their prompt embeddings
+    // at cosine 0.999). Small tokens leave the prompt the decoder's main input.
     if [
         "iou_token.weight",
         "mask_tokens.weight",
@@ -145,7 +150,7 @@ fn init_values(name: &str, shape: &[usize], seed: u64) -> Vec<f32> {
     .iter()
     .any(|s| name.ends_with(s))
     {
-        return normal(1.0);
+        return normal(0.02);
     }
     let fan_in = match shape.len() {
         2 => shape[1],
