@@ -4,7 +4,8 @@
 # on `cuda` and on `vulkan`, then the CLI on each. The two backends' suites run side by
 # side (correctness only, nothing is timed here). On cuda the vision-tower parity test runs
 # once more with PIXELLM_ALLOW_TF32=1, for the record only: the error Burn's TF32 products
-# would give (model/cuda_f32.rs). Budget: under 4 minutes (first runs pay kernel JIT).
+# would give (crates/pixellm/src/kernels/cuda.rs; the suites map the variable to
+# pixellm::kernels::set_allow_tf32). Budget: under 4 minutes (first runs pay kernel JIT).
 # Logs go to $LOGS (default /tmp/gpu-check).
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -176,6 +176,11 @@ pub fn iou(a: &[f32], b: &[f32]) -> f64 {
 pub fn backends() -> &'static [(Backend, Device)] {
     static BACKENDS: OnceLock<Vec<(Backend, Device)>> = OnceLock::new();
     BACKENDS.get_or_init(|| {
+        // PIXELLM_ALLOW_TF32=1 (scripts/gpu-check.sh, for the record): Burn's TF32 products
+        // on CUDA, as in the CLI (the library itself reads no environment variables).
+        pixellm::kernels::set_allow_tf32(
+            std::env::var("PIXELLM_ALLOW_TF32").is_ok_and(|v| matches!(v.as_str(), "1" | "true")),
+        );
         let required: Vec<String> = std::env::var("PIXELLM_REQUIRE_BACKENDS")
             .unwrap_or_default()
             .split(',')

@@ -157,6 +157,11 @@ struct SegmentArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     progress::set_quiet(cli.quiet);
+    // The library reads no environment variables: PIXELLM_ALLOW_TF32=1 lets f32 products on
+    // CUDA run in TF32 (faster, ~1e-3 off; pixellm::kernels::set_allow_tf32).
+    pixellm::kernels::set_allow_tf32(
+        std::env::var("PIXELLM_ALLOW_TF32").is_ok_and(|v| matches!(v.as_str(), "1" | "true")),
+    );
     if let Some(library) = cli.blas.as_deref().filter(|l| !l.is_empty()) {
         match pixellm::backend::load_cpu_blas(library) {
             Ok(name) => progress::note(&format!("CPU matmul: {name}")),

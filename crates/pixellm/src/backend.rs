@@ -140,7 +140,7 @@ fn wgpu_device(backend: Backend) -> Result<Device> {
 /// Xeon (`docs/performance.md`). Errors name the library and what is wrong with it.
 pub fn load_cpu_blas(library: &str) -> Result<String> {
     #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
-    return crate::model::cpu_blas::load(library);
+    return crate::kernels::cpu::blas::load(library);
     #[cfg(not(all(feature = "cpu", not(target_family = "wasm"))))]
     Err(Error::Backend(format!(
         "cannot load {library}: a CPU BLAS needs the native `cpu` backend, which this build lacks"
@@ -151,7 +151,7 @@ pub fn load_cpu_blas(library: &str) -> Result<String> {
 /// library [`load_cpu_blas`] loaded.
 pub fn cpu_matmul() -> String {
     #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
-    return crate::model::cpu_blas::describe();
+    return crate::kernels::cpu::blas::describe();
     #[cfg(not(all(feature = "cpu", not(target_family = "wasm"))))]
     "built-in".to_string()
 }

@@ -3,7 +3,8 @@
 //! from the released checkpoints and run on whichever Burn device the caller picks.
 //!
 //! Data flows one way: bytes ([`weights`], [`tokenizer`], [`image`]) -> tensors
-//! ([`model`]) -> masks ([`pipeline`]).
+//! ([`model`]) -> masks ([`pipeline`]). The model is backend-free: how each op runs on
+//! the chosen backend (CPU kernels, CUDA f32 products, Burn's ops) is [`kernels`]' choice.
 #![warn(missing_docs)]
 
 pub mod backend;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod image;
+pub mod kernels;
 pub mod model;
 pub mod output;
 pub mod pipeline;

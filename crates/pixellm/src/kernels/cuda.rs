@@ -5,10 +5,11 @@
 //! results then differ from the CPU and from the official PyTorch code (whose f32 matmuls
 //! are full f32 by default) by ~1e-3 relative. Here f32 products on a CUDA device go to
 //! cubek's `SimpleUnit` routine instead, which multiplies in f32 registers.
-//! `PIXELLM_ALLOW_TF32=1` keeps Burn's TF32 path (faster; like PyTorch's `allow_tf32`).
-//! Half-precision products are untouched (they use the tensor cores either way).
+//! [`set_allow_tf32`](super::set_allow_tf32)`(true)` keeps Burn's TF32 path (faster; like
+//! PyTorch's `allow_tf32`; the CLI sets it from `PIXELLM_ALLOW_TF32=1`). Half-precision
+//! products are untouched (they use the tensor cores either way). Feature `cuda`.
 
-// `Err` hands the operands back to the caller (moved, not cloned), as in `cpu_kernels`.
+// `Err` hands the operands back to the caller (moved, not cloned), as in the CPU kernels.
 #![allow(clippy::result_large_err)]
 
 use burn::backend::Cube;
@@ -19,15 +20,8 @@ use cubek::matmul::launch::launch_ref;
 use cubek::matmul::multi_level;
 use cubek::matmul::strategy::Strategy;
 use cubek::std::InputBinding;
-use std::sync::OnceLock;
 
-/// Whether `PIXELLM_ALLOW_TF32` asks for Burn's TF32 products (read once).
-pub fn tf32_allowed() -> bool {
-    static ALLOWED: OnceLock<bool> = OnceLock::new();
-    *ALLOWED.get_or_init(|| {
-        std::env::var("PIXELLM_ALLOW_TF32").is_ok_and(|v| matches!(v.as_str(), "1" | "true"))
-    })
-}
+use super::tf32_allowed;
 
 /// Whether `t` is an f32 tensor on a CUDA device that [`matmul`] would take.
 pub fn applies<const D: usize>(t: &Tensor<D>) -> bool {

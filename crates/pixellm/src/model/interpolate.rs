@@ -4,12 +4,12 @@
 //! A separable bilinear resize is `out = Ry · X · Rxᵀ`, with `Ry`/`Rx` holding at most two
 //! non-zero weights per row. Expressing it as two matmuls makes it exact to PyTorch's
 //! formula on every backend (Burn's `interpolate` semantics differ between backends and
-//! versions), and lets a crop be folded into the matrices for free.
+//! versions), and lets a crop be folded into the matrices for free. The products run in
+//! [`crate::kernels::resize`].
 
 use burn::tensor::{DType, Device, Tensor};
 
 use super::nn::{from_f32, to_f32};
-use super::params::upload;
 
 /// The `[out, in]` row-stochastic matrix of a 1-D bilinear resize from `n_in` to `n_out`
 /// samples (PyTorch `upsample_bilinear2d`, align_corners = False).
@@ -46,7 +46,7 @@ pub fn compose(second: &[f32], first: &[f32], n_out: usize, n_mid: usize, n_in: 
 }
 
 /// Resizes the two last dimensions of `x` with row matrix `ry` (`[ho, h]`) and column
-/// matrix `rx` (`[wo, w]`), both host-side.
+/// matrix `rx` (`[wo, w]`), both host-side ([`crate::kernels::resize`]).
 ///
 /// # Shapes
 /// `[B, C, h, w]` -> `[B, C, ho, wo]`
@@ -58,18 +58,7 @@ pub fn resize_with(
     device: &Device,
     dtype: DType,
 ) -> Tensor<4> {
-    #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
-    let x = match dtype {
-        DType::F32 => match super::cpu_kernels::resize(x, &ry, &rx, out) {
-            Ok(y) => return y,
-            Err(x) => x,
-        },
-        _ => x,
-    };
-    let [_, _, h, w] = x.dims();
-    let ry = upload(ry, [1, 1, out.0, h], device, dtype);
-    let rxt = upload(rx, [1, 1, out.1, w], device, dtype).swap_dims(2, 3);
-    super::nn::matmul(ry, super::nn::matmul(x, rxt))
+    crate::kernels::resize(x, ry, rx, out, device, dtype)
 }
 
 /// Bilinear resize of the two last dimensions of `x` to `out` (`(height, width)`),

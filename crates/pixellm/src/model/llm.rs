@@ -7,10 +7,11 @@
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
-use super::nn::{attention, merge_heads, silu, split_heads, Embedding, Linear, RmsNorm};
+use super::nn::{merge_heads, silu, split_heads, Embedding, Linear, RmsNorm};
 use super::params::Params;
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
+use crate::kernels::attention;
 
 /// RoPE cos/sin tables `[max_positions, head_dim]`, NeoX half-rotation layout.
 #[derive(Debug, Clone)]

@@ -55,7 +55,7 @@ impl Upscale {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = super::nn::conv_transpose2d(
+        let x = crate::kernels::conv_transpose2d(
             x,
             &self.conv_weight,
             &self.conv_bias,
@@ -181,8 +181,8 @@ impl MaskDecoderMultiScale {
             .output_hypernetwork_0
             .forward(mask_out)
             .reshape([n, 1, cu]);
-        let masks =
-            super::nn::matmul(hyper, upscaled.reshape([n, cu, hu * wu])).reshape([n, 1, hu, wu]);
+        let masks = crate::kernels::matmul(hyper, upscaled.reshape([n, cu, hu * wu]))
+            .reshape([n, 1, hu, wu]);
         let iou_pred = self.iou_prediction_head.forward(iou_out).narrow(1, 0, 1);
         LevelOutput {
             masks,

@@ -5,12 +5,7 @@
 //! and benches can time each; [`crate::pipeline`] strings them together.
 
 pub mod codebook;
-#[cfg(all(feature = "cpu", not(target_family = "wasm")))]
-pub(crate) mod cpu_blas;
-#[cfg(all(feature = "cpu", not(target_family = "wasm")))]
-mod cpu_kernels;
-#[cfg(feature = "cuda")]
-pub(crate) mod cuda_f32;
+pub mod interpolate;
 pub mod llm;
 pub mod mask_decoder;
 pub mod neck;
@@ -18,7 +13,6 @@ pub mod nn;
 pub mod params;
 pub mod projector;
 pub mod prompt_encoder;
-pub mod resize;
 pub mod two_way_transformer;
 pub mod vision;
 
@@ -288,7 +282,7 @@ impl PixelLmModel {
 
         // LLM tokens: bilinear 32 -> 16 (exactly a 2×2 average) on the [D, g, g] grid.
         let grid = deep.clone().swap_dims(1, 2).reshape([1, d, g, g]);
-        let pooled = resize::bilinear(grid, (lg, lg));
+        let pooled = interpolate::bilinear(grid, (lg, lg));
         let llm_in = pooled.reshape([1, d, lg * lg]).swap_dims(1, 2);
         let llm_tokens = self.mm_projector.forward(llm_in.clone());
 
@@ -372,8 +366,8 @@ impl PixelLmModel {
             Some(&level0.masks),
         );
         let out = 4 * g;
-        let m0 = resize::bilinear(level0.masks.clone(), (out, out));
-        let m1 = resize::bilinear(level1.masks.clone(), (out, out));
+        let m0 = interpolate::bilinear(level0.masks.clone(), (out, out));
+        let m1 = interpolate::bilinear(level1.masks.clone(), (out, out));
         // multiscale_scalar: 1/2 each, constants like multiseg_scalar.
         let low_res = (m0 + m1).mul_scalar(0.5);
         MaskOutputs {
@@ -400,11 +394,11 @@ impl PixelLmModel {
         let [_, _, lh, lw] = low_res.dims();
         let s = self.config.image_size;
         let fold = |low: usize, crop: usize, orig: usize| {
-            let up = resize::bilinear_weights(low, s);
-            let down = resize::bilinear_weights(crop, orig);
-            resize::compose(&down, &up[..crop * low], orig, crop, low)
+            let up = interpolate::bilinear_weights(low, s);
+            let down = interpolate::bilinear_weights(crop, orig);
+            interpolate::compose(&down, &up[..crop * low], orig, crop, low)
         };
-        resize::resize_with(
+        interpolate::resize_with(
             nn::to_f32(low_res),
             fold(lh, resized.0, original.0),
             fold(lw, resized.1, original.1),

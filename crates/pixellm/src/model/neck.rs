@@ -4,9 +4,10 @@
 
 use burn::tensor::{ops::ConvOptions, Tensor};
 
-use super::nn::{burn_conv2d, LayerNorm2d};
+use super::nn::LayerNorm2d;
 use super::params::Params;
 use crate::error::Result;
+use crate::kernels::burn_conv2d;
 
 /// Conv1×1 (no bias), LayerNorm2d, Conv3×3 pad 1 (no bias), LayerNorm2d — keyed `0..3`.
 #[derive(Debug, Clone)]

@@ -1,27 +1,22 @@
-//! Small layers shared by every part of the model.
+//! Small layers shared by every part of the model: linear, norms, embedding, the
+//! activations, and the head split/merge around attention.
 //!
 //! Linear weights stay in the checkpoint's `[out, in]` layout and are multiplied transposed:
 //! no copy at load, and decode-shaped GEMVs read the weight row-major, which is 3–10× faster
 //! on GPUs than the `[in, out]` layout Burn's own `Linear` uses (docs/gpu-machine.md).
+//!
+//! The layers hold weights and shapes; how an op runs on the tensors' backend (CPU kernels,
+//! CUDA f32 products, Burn's ops) is [`crate::kernels`]' choice.
 
-use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
-use burn::tensor::{activation, module, DType, Int, Tensor};
-
-/// `cpu_kernel_or!(x = kernel(args))`: on the native CPU backend, returns
-/// `cpu_kernels::kernel(args)` from the enclosing function when the kernel takes the
-/// input, else rebinds `x` to the input it handed back, for the Burn ops that follow.
-macro_rules! cpu_kernel_or {
-    ($inputs:pat = $kernel:ident($($arg:expr),*)) => {
-        #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
-        let $inputs = match super::cpu_kernels::$kernel($($arg),*) {
-            Ok(out) => return out,
-            Err(inputs) => inputs,
-        };
-    };
-}
+use burn::tensor::{Int, Tensor};
 
 use super::params::Params;
 use crate::error::Result;
+use crate::kernels;
+
+// `x` in f32 and back: the casts around the f32 statistics of the norms (defined with the
+// backend router, whose Burn fallbacks use them too).
+pub use crate::kernels::{from_f32, to_f32};
 
 /// `y = x·Wᵀ + b` with `W` stored `[out, in]` (PyTorch `nn.Linear`).
 #[derive(Debug, Clone)]
@@ -46,76 +41,10 @@ impl Linear {
         })
     }
 
-    /// Applies the layer to the last dimension of `x`.
-    ///
-    /// f32 on the native CPU backend goes to `cpu_kernels::linear` (its own GEMV for one
-    /// row, the bias fused into the GEMM otherwise). Elsewhere the product is folded to one
-    /// 2-D `[rows, in] @ [in, out]` matmul over a transposed view: Burn's
-    /// batched `linear` with a strided weight materialises it per call on the CPU backend
-    /// (6× slower at decode shapes, measured), the 2-D path reads it in place.
+    /// Applies the layer to the last dimension of `x` ([`kernels::linear`]).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let mut dims = x.dims();
-        let d_in = dims[D - 1];
-        let rows = dims[..D - 1].iter().product::<usize>();
-        let d_out = self.weight.dims()[0];
-        dims[D - 1] = d_out;
-        let x = x.reshape([rows, d_in]);
-        #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
-        let x = match super::cpu_kernels::linear(x, &self.weight, self.bias.as_ref()) {
-            Ok(y) => return y.reshape(dims),
-            Err(x) => x,
-        };
-        let mut y = match gemv_chunks(&self.weight, rows) {
-            Some(chunks) => matmul(
-                x.reshape([1, 1, d_in]),
-                self.weight
-                    .clone()
-                    .reshape([chunks, d_out / chunks, d_in])
-                    .swap_dims(1, 2),
-            ),
-            None => matmul(x, self.weight.clone().transpose()).unsqueeze(),
-        }
-        .reshape([rows, d_out]);
-        if let Some(b) = &self.bias {
-            y = y + b.clone().unsqueeze();
-        }
-        y.reshape(dims)
+        kernels::linear(x, &self.weight, self.bias.as_ref())
     }
-}
-
-/// For a one-row product on the CPU backend that `cpu_kernels::linear` does not take (f16 /
-/// bf16), the number of row blocks to split the weight into so that the blocks' GEMVs run
-/// on every core.
-///
-/// Burn's CPU matmul sends a one-row product to `gemm`'s GEMV, which runs on one thread
-/// whatever the matrix size: at decode that reads the weights at one core's memory
-/// bandwidth (mid shape: 2.2 tokens/s on 2 cores, PyTorch 5.0). Viewed as a batch of
-/// `[out/chunks, in]` blocks (a free reshape of the `[out, in]` weight), the product is
-/// spread over the thread pool one block per task. `None`: one plain matmul.
-#[cfg(all(feature = "cpu", not(target_family = "wasm")))]
-fn gemv_chunks(weight: &Tensor<2>, rows: usize) -> Option<usize> {
-    // Below ~1M weights the product is faster than a trip through the thread pool.
-    const MIN_WEIGHTS: usize = 1 << 20;
-    let [d_out, d_in] = weight.dims();
-    if rows != 1 || d_out * d_in < MIN_WEIGHTS || !on_cpu(weight) {
-        return None;
-    }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads < 2 {
-        return None;
-    }
-    // Burn parallelises a batched matmul over its batch from 4 blocks on. Prefer a block
-    // count that is a multiple of the thread count (balanced), else any divisor of `out`
-    // (LLaMA's 32009-row head splits into 7).
-    let min_chunks = threads.max(4);
-    let balanced =
-        (min_chunks..=4 * min_chunks).find(|c| c % threads == 0 && d_out.is_multiple_of(*c));
-    balanced.or_else(|| (min_chunks..=4 * min_chunks).find(|c| d_out.is_multiple_of(*c)))
-}
-
-#[cfg(not(all(feature = "cpu", not(target_family = "wasm"))))]
-fn gemv_chunks(_weight: &Tensor<2>, _rows: usize) -> Option<usize> {
-    None
 }
 
 /// `nn.LayerNorm` over the last dimension (biased variance).
@@ -141,14 +70,9 @@ impl LayerNorm {
     }
 
     /// Normalises the last dimension of `x` (statistics in f32, as PyTorch does for
-    /// half-precision inputs).
+    /// half-precision inputs; [`kernels::layer_norm`]).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        cpu_kernel_or!(x = layer_norm(x, &self.weight, &self.bias, self.eps));
-        let dtype = x.dtype();
-        let x = to_f32(x);
-        let (var, mean) = x.clone().var_mean_bias(D - 1);
-        let y = from_f32((x - mean) / (var + self.eps).sqrt(), dtype);
-        y * self.weight.clone().unsqueeze() + self.bias.clone().unsqueeze()
+        kernels::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -174,96 +98,13 @@ impl LayerNorm2d {
         })
     }
 
+    /// [`kernels::layer_norm_2d`].
+    ///
     /// # Shapes
     /// `[N, C, H, W]` -> `[N, C, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        cpu_kernel_or!(x = layer_norm_2d(x, &self.weight, &self.bias, self.eps));
-        let dtype = x.dtype();
-        let x = to_f32(x);
-        let mean = x.clone().mean_dim(1);
-        let centered = x - mean;
-        let var = centered.clone().square().mean_dim(1);
-        let y = from_f32(centered / (var + self.eps).sqrt(), dtype);
-        let c = self.weight.dims()[0];
-        y * self.weight.clone().reshape([1, c, 1, 1]) + self.bias.clone().reshape([1, c, 1, 1])
+        kernels::layer_norm_2d(x, &self.weight, &self.bias, self.eps)
     }
-}
-
-/// 2-D convolution without bias, one group, square `stride` and `padding`
-/// (`weight` `[O, C, kh, kw]`): `[N, C, H, W]` -> `[N, O, Ho, Wo]`. On the native CPU
-/// backend as one matrix product per image (`cpu_kernels::conv2d`), Burn's `conv2d`
-/// elsewhere.
-pub fn conv2d(x: Tensor<4>, weight: &Tensor<4>, stride: usize, padding: usize) -> Tensor<4> {
-    cpu_kernel_or!(x = conv2d(x, weight, stride, padding));
-    burn_conv2d(
-        x,
-        weight,
-        ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
-    )
-}
-
-/// Burn's `conv2d` without bias, in f32 for a half model on a GPU backend: Burn's GPU
-/// convolutions accumulate in the half type (measured cost: `conv_operands`).
-pub fn burn_conv2d(x: Tensor<4>, weight: &Tensor<4>, options: ConvOptions<2>) -> Tensor<4> {
-    let (x, weight, back) = conv_operands(x, weight);
-    conv_result(module::conv2d(x, weight, None, options), back)
-}
-
-/// Burn's `conv_transpose2d` with bias, in f32 for a half model on a GPU backend, as
-/// [`burn_conv2d`].
-pub fn conv_transpose2d(
-    x: Tensor<4>,
-    weight: &Tensor<4>,
-    bias: &Tensor<1>,
-    options: ConvTransposeOptions<2>,
-) -> Tensor<4> {
-    let (x, weight, back) = conv_operands(x, weight);
-    let bias = match back {
-        Some(_) => to_f32(bias.clone()),
-        None => bias.clone(),
-    };
-    conv_result(
-        module::conv_transpose2d(x, weight, Some(bias), options),
-        back,
-    )
-}
-
-/// The operands of a convolution, as f32 copies when `x` is f16/bf16 on a GPU backend, and
-/// the dtype to cast the result back to in that case ([`conv_result`]).
-///
-/// Burn 0.22's GPU convolutions (direct kernels, no autotune) accumulate in the operands'
-/// type, so a 3×3×256 sum runs in bf16. Kit masks vs the f32 goldens (IoU), half → f32
-/// convolutions: CUDA bf16 (H200) 0.9856 → 0.9949–0.9971, CUDA f16 0.9980 → 0.9995,
-/// lavapipe f16 0.9979 → 0.9992 (the CPU, whose convolutions accumulate in f32: 0.9994).
-/// The official code convolves through cuDNN, which accumulates in f32. The casts cost
-/// little: the convolutions' weights are ~1.6 M values, their inputs one image's maps.
-fn conv_operands(x: Tensor<4>, weight: &Tensor<4>) -> (Tensor<4>, Tensor<4>, Option<DType>) {
-    let dtype = x.dtype();
-    if dtype == DType::F32 || on_cpu(&x) {
-        return (x, weight.clone(), None);
-    }
-    (to_f32(x), to_f32(weight.clone()), Some(dtype))
-}
-
-/// A convolution's result back in the model's dtype when [`conv_operands`] made f32 copies.
-fn conv_result(y: Tensor<4>, back: Option<DType>) -> Tensor<4> {
-    match back {
-        Some(dtype) => y.cast(dtype),
-        None => y,
-    }
-}
-
-/// Whether `x` is on the native CPU backend (and not an autodiff tensor: training takes
-/// Burn's own, differentiable ops).
-fn on_cpu<const D: usize>(x: &Tensor<D>) -> bool {
-    #[cfg(feature = "cpu")]
-    let cpu = !x.is_autodiff() && x.device() == burn::tensor::Device::flex();
-    #[cfg(not(feature = "cpu"))]
-    let cpu = {
-        let _ = x;
-        false
-    };
-    cpu
 }
 
 /// LLaMA `RMSNorm`: `x · rsqrt(mean(x²) + ε) · w`.
@@ -316,162 +157,24 @@ impl Embedding {
     }
 }
 
-/// `x` in f32 (no-op when it already is).
-pub fn to_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if x.dtype() == DType::F32 {
-        x
-    } else {
-        x.cast(DType::F32)
-    }
-}
-
-/// `x` (f32) back in `dtype` (no-op for f32).
-pub fn from_f32<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
-    if dtype == DType::F32 {
-        x
-    } else {
-        x.cast(dtype)
-    }
-}
-
-/// CLIP's `quick_gelu`: `x · σ(1.702 x)`.
+/// CLIP's `quick_gelu`: `x · σ(1.702 x)` ([`kernels::quick_gelu`]).
 pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    cpu_kernel_or!(x = quick_gelu(x));
-    x.clone() * activation::sigmoid(x * 1.702)
+    kernels::quick_gelu(x)
 }
 
-/// Exact (erf) GELU, PyTorch's `nn.GELU()`.
-///
-/// In training (autodiff tensors) as `x·(1 + erf(x/√2))/2` from Burn's `erf`, whose
-/// derivative is exact: the derivative of Burn 0.22.1's own `gelu` on wgpu is off by
-/// 6e-4 relative (measured on lavapipe against an f64 reference; the CPU's by 4e-8), which
-/// made a training step's gradients differ between the backends by 1e-3.
+/// Exact (erf) GELU, PyTorch's `nn.GELU()` ([`kernels::gelu`]; in training composed from
+/// `erf`, whose derivative is exact on every backend).
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if x.is_autodiff() {
-        return (x.clone() * x.div_scalar(std::f64::consts::SQRT_2).erf().add_scalar(1.0))
-            .mul_scalar(0.5);
-    }
-    cpu_kernel_or!(x = gelu(x));
-    activation::gelu(x)
+    kernels::gelu(x)
 }
 
-/// `silu`: `x · σ(x)`.
+/// `silu`: `x · σ(x)` ([`kernels::silu`]).
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    cpu_kernel_or!(x = silu(x));
-    activation::silu(x)
+    kernels::silu(x)
 }
 
-/// `lhs @ rhs` with batch dimensions broadcast: Burn's matmul, except f32 on CUDA, which
-/// goes through `model::cuda_f32` (feature `cuda`) so that it stays f32 (Burn's would run
-/// in TF32).
-pub fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
-    #[cfg(feature = "cuda")]
-    let (lhs, rhs) = match super::cuda_f32::matmul(lhs, rhs) {
-        Ok(y) => return y,
-        Err(operands) => operands,
-    };
-    lhs.matmul(rhs)
-}
-
-/// Scaled-dot-product attention on `[B, H, L, d]` queries and `[B, H/g, L, d]` keys and
-/// values (grouped-query attention when `g > 1`), through Burn's
-/// `attention` op, or on the CPU backend through `gemm` and a vectorised softmax
-/// (`cpu_kernels`: Burn's CPU attention computes its softmax with a scalar `exp`).
-///
-/// `key_padding`: `[B, Lk]`, `true` = the key is hidden from every query. `causal`: key `j`
-/// is hidden from query `i` when `j > i + Lk − Lq` (bottom-right aligned, so a decode step
-/// sees every cached key). A query that sees no key gets zeros.
-pub fn attention(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    key_padding: Option<Tensor<2, burn::tensor::Bool>>,
-    causal: bool,
-) -> Tensor<4> {
-    let [b, h, lq, d] = q.dims();
-    let lk = k.dims()[2];
-    let scale = 1.0 / (d as f64).sqrt();
-    cpu_kernel_or!((q, k, v, key_padding) = attention(q, k, v, key_padding, scale as f32, causal));
-    // Burn's attention (without autotune: separate kernels) multiplies f32 in TF32 on CUDA.
-    #[cfg(feature = "cuda")]
-    if super::cuda_f32::applies(&q) {
-        return attention_unfused(
-            q,
-            repeat_kv(k, h),
-            repeat_kv(v, h),
-            key_padding,
-            scale,
-            causal,
-        );
-    }
-    let mask = key_padding.map(|m| m.reshape([b, 1, 1, lk]).expand([b, h, lq, lk]));
-    module::attention(
-        q,
-        repeat_kv(k, h),
-        repeat_kv(v, h),
-        mask,
-        None,
-        burn::tensor::ops::AttentionModuleOptions {
-            scale: Some(scale),
-            softcap: None,
-            is_causal: causal,
-        },
-    )
-}
-
-/// [`attention`] as two [`matmul`]s around a softmax, with the same masking rules (keys
-/// and values already repeated to the query heads).
-#[cfg(feature = "cuda")]
-fn attention_unfused(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    key_padding: Option<Tensor<2, burn::tensor::Bool>>,
-    scale: f64,
-    causal: bool,
-) -> Tensor<4> {
-    let [b, h, lq, _] = q.dims();
-    let lk = k.dims()[2];
-    let device = q.device();
-    let mut scores = matmul(q, k.swap_dims(2, 3)) * scale;
-    if let Some(m) = key_padding {
-        let m = m.reshape([b, 1, 1, lk]).expand([b, h, lq, lk]);
-        scores = scores.mask_fill(m, f32::NEG_INFINITY);
-    }
-    // Bottom-right aligned: a one-query step (decode) sees every key.
-    if causal && lq > 1 {
-        let hidden: Vec<bool> = (0..lq)
-            .flat_map(|i| (0..lk).map(move |j| j > i + lk - lq))
-            .collect();
-        let m = Tensor::<2, burn::tensor::Bool>::from_data(
-            burn::tensor::TensorData::new(hidden, [lq, lk]),
-            &device,
-        );
-        scores = scores.mask_fill(
-            m.reshape([1, 1, lq, lk]).expand([b, h, lq, lk]),
-            f32::NEG_INFINITY,
-        );
-    }
-    let p = activation::softmax(scores, 3);
-    // A query that sees no key: softmax of all -inf is NaN; it gets zeros.
-    let p = p.clone().mask_fill(p.is_nan(), 0.0);
-    matmul(p, v)
-}
-
-/// `[B, kv_heads, L, d]` -> `[B, heads, L, d]`: each key/value head repeated for its group
-/// of query heads.
-fn repeat_kv(x: Tensor<4>, heads: usize) -> Tensor<4> {
-    let [b, kv, l, d] = x.dims();
-    if kv == heads {
-        return x;
-    }
-    let rep = heads / kv;
-    x.reshape([b, kv, 1, l, d])
-        .expand([b, kv, rep, l, d])
-        .reshape([b, heads, l, d])
-}
-
-/// Multi-head scaled dot-product attention on `[B, L, heads·d]` inputs ([`attention`]).
+/// Multi-head scaled dot-product attention on `[B, L, heads·d]` inputs
+/// ([`kernels::attention`]).
 ///
 /// `key_padding`: `[B, Lk]`, `true` = the key is hidden from every query.
 pub fn multi_head_attention(
@@ -484,7 +187,7 @@ pub fn multi_head_attention(
     let q = split_heads(q, heads);
     let k = split_heads(k, heads);
     let v = split_heads(v, heads);
-    let out = attention(q, k, v, key_padding, false);
+    let out = kernels::attention(q, k, v, key_padding, false);
     merge_heads(out)
 }
 

@@ -7,10 +7,14 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
-use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
+use burn::tensor::{DType, Device, Distribution, Tensor};
 
 use crate::error::Result;
 use crate::weights::WeightFiles;
+
+/// Creates a float tensor of `shape` from host values on `device`, in `dtype` (defined with
+/// the backend router, which uploads host matrices too).
+pub use crate::kernels::upload;
 
 /// Counts the checkpoint bytes read so far and reports them, for a progress bar.
 pub struct LoadMonitor<'a> {
@@ -256,20 +260,4 @@ fn random_host(key: &str, shape: &[usize]) -> Vec<f32> {
             ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
         })
         .collect()
-}
-
-/// Creates a float tensor of `shape` from host values on `device`, in `dtype`.
-pub fn upload<const D: usize>(
-    values: Vec<f32>,
-    shape: [usize; D],
-    device: &Device,
-    dtype: DType,
-) -> Tensor<D> {
-    let data = TensorData::new(values, shape);
-    let t = Tensor::<D>::from_data(data, (device, DType::F32));
-    if dtype == DType::F32 {
-        t
-    } else {
-        t.cast(dtype)
-    }
 }

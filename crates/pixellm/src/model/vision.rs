@@ -6,11 +6,12 @@
 
 use burn::tensor::{Bool, Tensor};
 
-use super::nn::{conv2d, multi_head_attention, quick_gelu, LayerNorm, Linear};
+use super::interpolate::bilinear_host;
+use super::nn::{multi_head_attention, quick_gelu, LayerNorm, Linear};
 use super::params::Params;
-use super::resize::bilinear_host;
 use crate::config::ClipVisionConfig;
 use crate::error::{Error, Result};
+use crate::kernels::conv2d;
 
 /// Hidden states the rest of PixelLM reads from the tower, each `[1, 1 + patches, D]`
 /// (CLS first).

@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::cpu_kernels::SendPtr;
+use super::views::SendPtr;
 use crate::error::{Error, Result};
 
 /// `cblas_sgemm` (row-major/col-major, trans flags, m, n, k, alpha, A, lda, B, ldb, beta,
@@ -144,15 +144,16 @@ impl Blas {
         }
     }
 
-    /// `dst = lhs · rhs` (`+=` when `accumulate`), the contract of `cpu_kernels`'
-    /// `matmul_raw`; over the thread pool in blocks of rows when `parallel`. Returns `false`
-    /// (nothing written) when an operand's strides are not a CBLAS layout (one of its two
-    /// strides must be 1) or a size does not fit CBLAS's 32-bit integers.
+    /// `dst = lhs · rhs` (`+=` when `accumulate`), the contract of
+    /// [`matmul_raw`](super::gemm::matmul_raw); over the thread pool in blocks of rows when
+    /// `parallel`. Returns `false` (nothing written) when an operand's strides are not a
+    /// CBLAS layout (one of its two strides must be 1) or a size does not fit CBLAS's 32-bit
+    /// integers.
     ///
     /// # Safety
-    /// As `matmul_raw`: the operand slices hold every element their views address, and
-    /// `dst` is valid for reads and writes at `r · dst_rs + c` for `r < m`, `c < n`, with
-    /// no other access to those elements during the call.
+    /// As [`matmul_raw`](super::gemm::matmul_raw): the operand slices hold every element
+    /// their views address, and `dst` is valid for reads and writes at `r · dst_rs + c` for
+    /// `r < m`, `c < n`, with no other access to those elements during the call.
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn matmul(
         &self,
