@@ -105,8 +105,8 @@ fn is_buffer(name: &str) -> bool {
 }
 
 /// Deterministic initial values for `name` (PyTorch/Hugging Face defaults by kind):
-/// linear and convolution weights U(±1/√fan_in), biases 0, norm scales 1, token tables
-/// N(0, 0.02), SAM's learned tokens N(0, 0.02) (see below), CLIP's class embedding N(0, 1/√D), the Fourier
+/// linear and convolution weights U(±1/√fan_in), biases 0, norm scales 1, token embeddings
+/// N(0, 1), CLIP's position table N(0, 0.02), SAM's learned tokens N(0, 0.02) (see below), CLIP's class embedding N(0, 1/√D), the Fourier
 /// matrices N(0, 1).
 fn init_values(name: &str, shape: &[usize], seed: u64) -> Vec<f32> {
     let n: usize = shape.iter().product();
@@ -133,7 +133,16 @@ fn init_values(name: &str, shape: &[usize], seed: u64) -> Vec<f32> {
     if shape.len() == 1 {
         return vec![if name.ends_with("bias") { 0.0 } else { 1.0 }; n];
     }
-    if name.ends_with("embed_tokens.weight") || name.ends_with("position_embedding.weight") {
+    // Token embeddings N(0, 1), PyTorch's `nn.Embedding` default, not Hugging Face's
+    // N(0, 0.02) (meant for weights that get overwritten by a checkpoint): with 0.02 the
+    // residual stream of a fresh model is the attention layers' average of the whole
+    // sequence, and the LLM states that feed the codebook start out alike for every target
+    // (cosine 0.99 between two targets' states, measured), which the decoder then learns to
+    // ignore.
+    if name.ends_with("embed_tokens.weight") {
+        return normal(1.0);
+    }
+    if name.ends_with("position_embedding.weight") {
         return normal(0.02);
     }
     // SAM initialises its learned tokens N(0, 1); its prompts (points, boxes) are of that
