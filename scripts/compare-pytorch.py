@@ -17,7 +17,7 @@ stages of `crates/pixellm/src/bench.rs`, with the same names and the same conten
                      `.item()`, one-token forward with past_key_values (as ours: no EOS)
   pixel decoder      text_hidden_fcs on the 6*targets codebook states, 1/6 fusion, both
                      TwoWayTransformer levels (32x32 and 64x64 keys), upscalings,
-                     hypernetwork matmul, 128x128 fusion (spec section 10, plain torch)
+                     hypernetwork matmul, 128x128 fusion (docs/model.md §10, plain torch)
   postprocess        bilinear 128->448, crop, bilinear to 480x640, per-target area, bbox
                      and sigmoid score read back as Python numbers
   end to end         the whole iteration
@@ -154,7 +154,7 @@ def test_image() -> Image.Image:
 
 
 def preprocess(image: Image.Image, size: int = IMAGE_SIZE):
-    """Spec section 5.1: ResizeLongestSide (Pillow bilinear), ImageNet normalise, pad."""
+    """docs/model.md §5.1: ResizeLongestSide (Pillow bilinear), ImageNet normalise, pad."""
     w0, h0 = image.size
     scale = size / max(h0, w0)
     h1, w1 = int(h0 * scale + 0.5), int(w0 * scale + 0.5)
@@ -198,7 +198,7 @@ def neck(hidden: int) -> nn.Sequential:
 
 
 # --------------------------------------------------------------------------------------
-# Pixel decoder (spec section 10), plain torch
+# Pixel decoder (docs/model.md §10), plain torch
 # --------------------------------------------------------------------------------------
 
 
@@ -362,7 +362,7 @@ class PixelDecoder(nn.Module):
 
 
 def postprocess(low_res, resized, original, size: int = IMAGE_SIZE):
-    """Spec section 10.5-10.6: bilinear 128 -> 448, crop, bilinear to the original size,
+    """docs/model.md §10.5-10.6: bilinear 128 -> 448, crop, bilinear to the original size,
     then per target area, bbox and score as Python numbers (ours reads them on the host)."""
     x = F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
     x = x[:, :, : resized[0], : resized[1]]

@@ -238,7 +238,18 @@ fn check(case: &Case, ctx: &Ctx, o: &Outcome) -> (Vec<String>, String) {
     }
     for p in &ctx.run.must_not_exist {
         if p.exists() {
-            problems.push(format!("{} exists: the payload was executed!", p.display()));
+            problems.push(format!(
+                "{} exists but must not (payload run or stale file kept)",
+                p.display()
+            ));
+        }
+    }
+    for (p, bytes) in &ctx.run.must_keep {
+        if std::fs::read(p).ok().as_deref() != Some(bytes.as_slice()) {
+            problems.push(format!(
+                "{}: the user's file was changed or removed",
+                p.display()
+            ));
         }
     }
     match case.expect {
@@ -350,6 +361,12 @@ fn check_output(run: &Run) -> Result<String, String> {
             return Err(format!("{mask} is {}x{}", img.width(), img.height()));
         }
         expected_files.push(mask.to_string());
+    }
+    // The user's own files beside a previous result stay (checked byte for byte elsewhere).
+    for (p, _) in &run.must_keep {
+        if p.parent() == Some(dir.as_path()) {
+            expected_files.push(p.file_name().unwrap().to_string_lossy().into_owned());
+        }
     }
     let overlay = image::open(dir.join("overlay.png")).map_err(|e| format!("overlay.png: {e}"))?;
     if (overlay.width(), overlay.height()) != (w, h) {

@@ -54,6 +54,8 @@ pub struct Run {
     pub out: PathBuf,
     /// Files that must not exist after the run (e.g. what a pickle payload would create).
     pub must_not_exist: Vec<PathBuf>,
+    /// Files that must still hold exactly these bytes after the run (the user's own files).
+    pub must_keep: Vec<(PathBuf, Vec<u8>)>,
     /// A file already at `out` that a failed run must leave as it was.
     pub out_file: Option<Vec<u8>>,
     /// For [`Expect::Ok`]: image size (width, height) and number of targets.
@@ -90,6 +92,7 @@ impl Ctx {
             env: Vec::new(),
             out: dir.join("out"),
             must_not_exist: Vec::new(),
+            must_keep: Vec::new(),
             out_file: None,
             size: (300, 500),
             targets: 2,
@@ -1370,9 +1373,27 @@ pub fn cases() -> Vec<Case> {
             }
         ),
         case!("img_png_1x1", OK, |c| {
-            // Also: an older output directory is replaced as a whole.
+            // Also: a previous result in the output directory is updated in place: the
+            // stale mask it listed goes, a file of the user's beside it stays byte for byte.
             std::fs::create_dir_all(&c.run.out).unwrap();
-            put(&c.run.out.join("stale.txt"), b"from an earlier run");
+            let manifest = serde_json::json!({
+                "written_by": {"program": "pixellm", "command": "segment", "version": "0"},
+                "files": ["result.json", "mask_00.png", "mask_07.png"],
+            });
+            put(
+                &c.run.out.join("result.json"),
+                manifest.to_string().as_bytes(),
+            );
+            put(
+                &c.run.out.join("mask_07.png"),
+                b"stale mask from an earlier run",
+            );
+            put(&c.run.out.join("notes.txt"), b"the user's own notes");
+            c.run.must_not_exist.push(c.run.out.join("mask_07.png"));
+            c.run.must_keep.push((
+                c.run.out.join("notes.txt"),
+                b"the user's own notes".to_vec(),
+            ));
             let img = RgbImage::from_pixel(1, 1, Rgb([200, 30, 30]));
             ok_image(c, "one.png", DynamicImage::ImageRgb8(img));
         }),

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use pixellm::backend::{Backend, Precision};
-use pixellm::data::muse::Dataset;
+use pixellm::data::muse::Protocol;
 use pixellm::data::synth::Split;
 use pixellm::eval::{self, Prediction};
 use pixellm::output::OutputDir;
@@ -15,13 +15,20 @@ use crate::progress::{self, Bar};
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["model", "predictions"])))]
 pub struct EvalArgs {
-    /// The dataset: a MUSE-format JSON file.
+    /// The dataset: a MUSE-format JSON file, or a refCOCO/refCOCO+/refCOCOg refs pickle
+    /// (`refs(unc).p`, with `instances.json` beside it: teacher-forced, as the official
+    /// validate()).
     #[arg(long)]
     data: PathBuf,
-    /// Folder the data's images are relative to (default: the JSON file's folder).
+    /// Folder the data's images are relative to (default: the data file's folder).
     #[arg(long)]
     images_root: Option<PathBuf>,
-    /// Answer every question with this model (generation, greedy).
+    /// The refs split to evaluate with a refs pickle (train, val, testA, testB; refCOCOg
+    /// umd: train, val, test). Ignored for MUSE JSON.
+    #[arg(long, default_value = pixellm::data::refcoco::DEFAULT_SPLIT)]
+    split: String,
+    /// Answer every question with this model (generation, greedy; one teacher-forced pass
+    /// per question for a refs pickle).
     #[arg(long)]
     model: Option<PathBuf>,
     /// CLIP directory for --model (default: resolved as `segment` does).
@@ -49,9 +56,13 @@ pub struct EvalArgs {
 
 pub fn eval(args: EvalArgs) -> pixellm::Result<()> {
     pixellm::output::check_dir(&args.out, "eval.json")?;
-    let data = Dataset::open(&args.data, args.images_root.as_deref())?;
+    let data = pixellm::data::open_dataset(&args.data, args.images_root.as_deref(), &args.split)?;
+    let mode = match &data.protocol {
+        Protocol::Generate => String::new(),
+        Protocol::TeacherForced { split } => format!(" (split {split}, teacher-forced)"),
+    };
     progress::note(&format!(
-        "{}: {} images, {} questions",
+        "{}: {} images, {} questions{mode}",
         args.data.display(),
         data.entries.len(),
         data.questions()
@@ -73,12 +84,13 @@ pub fn eval(args: EvalArgs) -> pixellm::Result<()> {
                 &mut |d, _| bar.set(d as u64, ""),
             )?;
             bar.finish(&format!("{} questions answered", preds.len()));
-            (
-                preds,
-                json!({"model": model_dir, "backend": backend.name(), "dtype": precision.name(),
-                           "prompt": format!("{{question}}{}", eval::PROMPT_SUFFIX),
-                           "max_new_tokens": args.max_new_tokens}),
-            )
+            let mut source = json!({"model": model_dir, "backend": backend.name(), "dtype": precision.name(),
+                           "prompt": eval::prompt_template(&data.protocol)});
+            match eval::forced_answer(&model, &data.protocol) {
+                None => source["max_new_tokens"] = json!(args.max_new_tokens),
+                Some(answer) => source["answer"] = json!(answer),
+            }
+            (preds, source)
         }
         (None, Some(p)) => (eval::read_predictions(p)?, json!({"predictions": p})),
         (None, None) => unreachable!("clap requires one of --model / --predictions"),
@@ -94,6 +106,10 @@ pub fn eval(args: EvalArgs) -> pixellm::Result<()> {
     }
     let mut body = report.to_json();
     body["data"] = json!(args.data);
+    if let Protocol::TeacherForced { split } = &data.protocol {
+        body["split"] = json!(split);
+        body["protocol"] = json!("teacher-forced (official validate())");
+    }
     body["source"] = source;
     out.commit("eval", body)?;
     println!("{}", report.summary());

@@ -116,12 +116,13 @@ struct BenchArgs {
 
 #[derive(clap::Args)]
 struct SegmentArgs {
-    /// PixelLM Hugging Face directory (config.json, tokenizer, *.safetensors or pytorch_model-*.bin).
+    /// PixelLM Hugging Face directory (config.json, tokenizer, *.safetensors or
+    /// pytorch_model-*.bin); default: the built-in `pixellm-shapes` model.
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// CLIP vision tower directory (openai/clip-vit-large-patch14-336); default: the
     /// config's `vision_tower`, next to the model or in the Hugging Face cache.
-    #[arg(long)]
+    #[arg(long, requires = "model")]
     vision_tower: Option<PathBuf>,
     /// Image file (PNG, JPEG, WebP, BMP).
     #[arg(long)]
@@ -194,15 +195,17 @@ fn main() -> ExitCode {
 }
 
 /// The name the built-in model is served and reported under.
-pub(crate) const DEFAULT_MODEL_NAME: &str = "pixellm-shapes";
+pub(crate) const DEFAULT_MODEL_NAME: &str = pixellm::default_model::NAME;
 
-/// The model built into this program (`models/pixellm-shapes`).
+/// The model built into this program (`models/pixellm-shapes`, see its model card).
 pub(crate) fn default_model(device: &Device, precision: Precision) -> pixellm::Result<PixelLm> {
-    let _ = (device, precision);
-    Err(pixellm::Error::config(
-        "--model",
-        "this build has no model built in yet; pass --model DIR",
-    ))
+    let start = std::time::Instant::now();
+    let model = pixellm::default_model::load(device, precision.dtype())?;
+    progress::note(&format!(
+        "model: built-in `{DEFAULT_MODEL_NAME}` ({:.0} ms; pass --model DIR for another)",
+        start.elapsed().as_secs_f64() * 1e3
+    ));
+    Ok(model)
 }
 
 /// Loads a PixelLM directory with its progress on stderr: one line per phase, the weight
@@ -248,12 +251,10 @@ fn segment(args: SegmentArgs) -> pixellm::Result<()> {
     output::check_target(&args.out)?;
     let device = backend.device()?;
     let image = pixellm::image::load_image(&args.image)?;
-    let model = load_model(
-        &args.model,
-        args.vision_tower.as_deref(),
-        &device,
-        precision,
-    )?;
+    let model = match &args.model {
+        Some(dir) => load_model(dir, args.vision_tower.as_deref(), &device, precision)?,
+        None => default_model(&device, precision)?,
+    };
     if args.verbose_prompt {
         let tok = model.tokenizer();
         let prompt = pixellm::tokenizer::llava_v1_prompt(&args.prompt, args.answer.as_deref());

@@ -703,3 +703,194 @@ fn train_smoke_loss_falls_output_loads_and_resume_is_exact() {
     assert!(String::from_utf8_lossy(&run.stderr).contains("--resume"));
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// refCOCO mode: a refs pickle (Python 2 style, written byte by byte by the library's
+/// writer) and `instances.json` in the refer API's layout, around the kit's case images;
+/// the kit model answers teacher-forced, perfect predictions score 1, an unknown split is a
+/// one-line error listing the splits.
+#[test]
+fn eval_reads_refcoco_refs_teacher_forced() {
+    use serde_json::json;
+    let root = scratch("refcoco");
+    let refer = root.join("refcoco");
+    let images = root.join("coco/train2014");
+    std::fs::create_dir_all(&refer).unwrap();
+    std::fs::create_dir_all(&images).unwrap();
+    let mut infos = Vec::new();
+    for (k, case) in CASES.iter().enumerate() {
+        let png = std::fs::read(kit().join("cases").join(case).join("image.png")).unwrap();
+        let img = pixellm::image::decode_image(&png, "image").unwrap();
+        let name = format!("COCO_train2014_{:012}.png", k + 1);
+        std::fs::write(images.join(&name), &png).unwrap();
+        infos.push(
+            json!({"id": k + 1, "file_name": name, "height": img.height(), "width": img.width(),
+                          "license": 1, "coco_url": "", "date_captured": ""}),
+        );
+    }
+    let (h1, w1) = (
+        infos[0]["height"].as_u64().unwrap() as usize,
+        infos[0]["width"].as_u64().unwrap() as usize,
+    );
+    let rle = pixellm::data::rle::Mask {
+        height: h1,
+        width: w1,
+        data: (0..h1 * w1)
+            .map(|i| ((i / w1) > h1 / 2 && (i % w1) < w1 / 3) as u8)
+            .collect(),
+    }
+    .to_compressed_json();
+    let instances = json!({
+        "info": {}, "licenses": [], "categories": [{"id": 1, "name": "shape", "supercategory": "shape"}],
+        "images": infos,
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 1600.0, "bbox": [40, 30, 40, 40],
+             "segmentation": [[40.0, 30.0, 80.0, 30.0, 80.0, 70.0, 40.0, 70.0]]},
+            {"id": 11, "image_id": 1, "category_id": 1, "iscrowd": 1, "area": 1.0, "bbox": [0, 0, 1, 1],
+             "segmentation": rle},
+            {"id": 20, "image_id": 2, "category_id": 1, "iscrowd": 0, "area": 900.0, "bbox": [100, 200, 30, 30],
+             "segmentation": [[100.5, 200.5, 130.5, 200.5, 115.0, 230.0]]},
+        ],
+    });
+    let sent = |s: &str, id: u64| json!({"sent": s, "raw": s, "tokens": s.split(' ').collect::<Vec<_>>(), "sent_id": id});
+    let refs = json!([
+        {"ref_id": 0, "ann_id": 10, "image_id": 1, "split": "val", "category_id": 1,
+         "file_name": "COCO_train2014_000000000001_10.jpg", "sent_ids": [0, 1],
+         "sentences": [sent("the square", 0), sent("Upper Left Square", 1)]},
+        {"ref_id": 1, "ann_id": 20, "image_id": 2, "split": "train", "category_id": 1,
+         "file_name": "COCO_train2014_000000000002_20.jpg", "sent_ids": [2],
+         "sentences": [sent("a triangle", 2)]},
+        {"ref_id": 2, "ann_id": 20, "image_id": 2, "split": "val", "category_id": 1,
+         "file_name": "COCO_train2014_000000000002_20.jpg", "sent_ids": [3],
+         "sentences": [sent("the triangle", 3)]},
+        {"ref_id": 3, "ann_id": 11, "image_id": 1, "split": "val", "category_id": 1,
+         "file_name": "COCO_train2014_000000000001_11.jpg", "sent_ids": [4],
+         "sentences": [sent("bottom left region", 4)]},
+    ]);
+    let pickle = refer.join("refs(unc).p");
+    std::fs::write(&pickle, pixellm::weights::write_plain_pickle(&refs)).unwrap();
+    std::fs::write(refer.join("instances.json"), instances.to_string()).unwrap();
+
+    // The kit model, teacher-forced: one forced answer (and one mask) per sentence.
+    let out = root.join("eval-model");
+    let run = run_ok(
+        pixellm()
+            .args(["eval", "--model"])
+            .arg(kit().join("checkpoint-bin"))
+            .arg("--data")
+            .arg(&pickle)
+            .arg("--images-root")
+            .arg(&images)
+            .args(["--split", "val", "--out"])
+            .arg(&out),
+    );
+    assert!(String::from_utf8_lossy(&run.stdout).contains("4 questions"));
+    let report = read_json(&out.join("eval.json"));
+    assert_eq!(report["questions"], 4, "{report}");
+    assert_eq!(report["split"], "val");
+    let answer = "[SEG0] [SEG1] [SEG2] [SEG3] [SEG4] [SEG5].";
+    assert_eq!(report["source"]["answer"], answer);
+    assert_eq!(
+        report["source"]["prompt"],
+        "What is {sentence} in this image? Please output segmentation mask."
+    );
+    let g = report["giou"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&g));
+    let predictions = read_json(&out.join("predictions.json"));
+    let predictions = predictions.as_array().unwrap();
+    assert_eq!(predictions.len(), 4);
+    let keys: Vec<_> = predictions
+        .iter()
+        .map(|p| {
+            (
+                p["image"].as_str().unwrap(),
+                p["question"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("COCO_train2014_000000000001.png", 0),
+            ("COCO_train2014_000000000001.png", 1),
+            ("COCO_train2014_000000000001.png", 2),
+            ("COCO_train2014_000000000002.png", 0),
+        ]
+    );
+    for p in predictions {
+        assert_eq!(p["text"], answer, "{p}");
+        assert_eq!(p["masks"].as_array().unwrap().len(), 1, "one target: {p}");
+    }
+
+    // Perfect predictions (the annotations themselves, polygons and RLE) score 1.
+    let segs = &instances["annotations"];
+    let perfect = json!([
+        {"image": "COCO_train2014_000000000001.png", "question": 0, "masks": [segs[0]["segmentation"]]},
+        {"image": "COCO_train2014_000000000001.png", "question": 1, "masks": [segs[0]["segmentation"]]},
+        {"image": "COCO_train2014_000000000001.png", "question": 2, "masks": [segs[1]["segmentation"]]},
+        {"image": "COCO_train2014_000000000002.png", "question": 0, "masks": [segs[2]["segmentation"]]},
+    ]);
+    let perfect_file = root.join("perfect.json");
+    std::fs::write(&perfect_file, perfect.to_string()).unwrap();
+    let out = root.join("eval-perfect");
+    run_ok(
+        pixellm()
+            .args(["eval", "--data"])
+            .arg(&pickle)
+            .arg("--images-root")
+            .arg(&images)
+            .arg("--predictions")
+            .arg(&perfect_file)
+            .arg("--out")
+            .arg(&out),
+    );
+    let report = read_json(&out.join("eval.json"));
+    assert_eq!(
+        (report["giou"].as_f64(), report["ciou"].as_f64()),
+        (Some(1.0), Some(1.0))
+    );
+    assert_eq!(report["questions"], 4);
+
+    // The train split; an unknown split lists the ones there are.
+    let train_file = root.join("train.json");
+    std::fs::write(&train_file, json!([perfect[3]]).to_string()).unwrap();
+    let out = root.join("eval-train");
+    run_ok(
+        pixellm()
+            .args(["eval", "--data"])
+            .arg(&pickle)
+            .arg("--images-root")
+            .arg(&images)
+            .arg("--predictions")
+            .arg(&train_file)
+            .args(["--split", "train", "--out"])
+            .arg(&out),
+    );
+    let report = read_json(&out.join("eval.json"));
+    assert_eq!(
+        (report["questions"].as_u64(), report["giou"].as_f64()),
+        (Some(1), Some(1.0))
+    );
+    assert_eq!(report["split"], "train");
+    let run = pixellm()
+        .args(["eval", "--data"])
+        .arg(&pickle)
+        .arg("--predictions")
+        .arg(&perfect_file)
+        .args(["--split", "testA", "--out"])
+        .arg(root.join("eval-testA"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ")
+            && last.contains("refs(unc).p")
+            && last.contains("no refs in split `testA`")
+            && last.contains("train (1 refs), val (3 refs)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!root.join("eval-testA").exists());
+    std::fs::remove_dir_all(&root).unwrap();
+}

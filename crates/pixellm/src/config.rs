@@ -43,7 +43,7 @@ impl LlamaConfig {
     }
 }
 
-/// PixelLM's own settings on top of the LLaMA ones (spec §1.2, §2.1).
+/// PixelLM's own settings on top of the LLaMA ones (`docs/model.md` §1.2, §2.1).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PixelLmConfig {
     /// The language model.

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod chat;
 pub mod config;
 pub mod data;
+pub mod default_model;
 pub mod error;
 pub mod eval;
 pub mod generate;

@@ -1,5 +1,5 @@
 //! Image + question in, answer text and one mask per target out: the official `chat.py`
-//! / `evaluate()` flow with a KV cache and the image encoded once (spec §4–10).
+//! / `evaluate()` flow with a KV cache and the image encoded once (`docs/model.md` §4–10).
 
 use std::path::Path;
 
@@ -70,7 +70,7 @@ impl SegmentRequest {
 pub struct Target {
     /// Order of the target's codebook group in the answer.
     pub index: usize,
-    /// Mean foreground probability (spec §10.6).
+    /// Mean foreground probability (`docs/model.md` §10.6).
     pub score: f32,
     /// Foreground pixels.
     pub area: usize,
@@ -533,7 +533,7 @@ impl PixelLm {
     }
 
     /// One forward pass over prompt + forced answer; gathers the hidden state before each
-    /// codebook token (spec §8.2, §14.2).
+    /// codebook token (`docs/model.md` §8.2, §14.2).
     fn teacher_forced(
         &self,
         ids: &[i64],

@@ -1,7 +1,9 @@
-//! Segmentation data: COCO RLE masks ([`rle`]), datasets in MUSE's JSON format ([`muse`])
-//! and a seeded generator of multi-target shape scenes in that format ([`synth`]).
+//! Segmentation data: COCO RLE masks ([`rle`]), datasets in MUSE's JSON format ([`muse`]),
+//! refCOCO / refCOCO+ / refCOCOg in the refer API's layout ([`refcoco`]) and a seeded
+//! generator of multi-target shape scenes in MUSE's format ([`synth`]).
 
 pub mod muse;
+pub mod refcoco;
 pub mod rle;
 pub mod synth;
 
@@ -12,6 +14,17 @@ use serde_json::{json, Value};
 use crate::output::OutputDir;
 use crate::{Error, Result};
 use synth::{Scene, Split, COLOURS, SHAPES};
+
+/// Opens evaluation data: a refs pickle (`refs(unc).p`, see [`refcoco::is_refs_pickle`])
+/// reads the refs of `split` with `instances.json` beside it ([`refcoco::open`]); anything
+/// else is MUSE JSON ([`muse::Dataset::open`]), for which `split` is ignored.
+pub fn open_dataset(path: &Path, images_root: Option<&Path>, split: &str) -> Result<muse::Dataset> {
+    if refcoco::is_refs_pickle(path) {
+        refcoco::open(path, images_root, split)
+    } else {
+        muse::Dataset::open(path, images_root)
+    }
+}
 
 /// The MUSE-format JSON entry of one generated scene (`ann_list` holds every object with
 /// an uncompressed RLE of its visible pixels and the PNG of that mask).

@@ -73,13 +73,30 @@ impl Entry {
     }
 }
 
-/// A MUSE-format dataset.
+/// How a dataset's questions are put to a model (`pixellm eval --model`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protocol {
+    /// MUSE: `"{question} Please output segmentation mask."`, the answer generated.
+    Generate,
+    /// refCOCO and the like (the official `validate()`): `"What is {question} in this
+    /// image? Please output segmentation mask."` with the answer forced to `"[SEG0] …
+    /// [SEG5]."` (teacher forcing, one target per question); `split` is the refs split read.
+    TeacherForced {
+        /// The split of the refs (`val`, `testA`, …).
+        split: String,
+    },
+}
+
+/// A segmentation dataset: MUSE's JSON ([`Dataset::open`]) or refCOCO's refs
+/// ([`super::refcoco::open`]).
 #[derive(Debug, Clone)]
 pub struct Dataset {
-    /// The JSON file.
+    /// The data file (MUSE JSON or refs pickle).
     pub path: PathBuf,
     /// Its images.
     pub entries: Vec<Entry>,
+    /// How its questions are asked.
+    pub protocol: Protocol,
 }
 
 impl Dataset {
@@ -111,6 +128,7 @@ impl Dataset {
         Ok(Self {
             path: path.to_path_buf(),
             entries,
+            protocol: Protocol::Generate,
         })
     }
 }
@@ -240,7 +258,10 @@ fn resolve_ann<'a>(a: &'a Value, anns: &'a [Value]) -> Option<&'a Value> {
 }
 
 /// Cheap structural checks of a segmentation (size, counts' total) without decoding.
-fn check_segmentation(seg: &Value, size: (usize, usize)) -> std::result::Result<(), String> {
+pub(crate) fn check_segmentation(
+    seg: &Value,
+    size: (usize, usize),
+) -> std::result::Result<(), String> {
     match seg {
         Value::Object(_) => {
             // Uncompressed RLE: sum the counts; compressed: decode the counts only.

@@ -6,6 +6,10 @@
 //! `{"image": <file_name as in the data>, "question": <index within that image's
 //! questions>, "masks": [<COCO RLE, uncompressed or compressed>, …]}` (extra fields such as
 //! `text` are kept but not scored). A question with no entry counts as nothing predicted.
+//!
+//! MUSE data is answered by generation; refCOCO-family data ([`Protocol::TeacherForced`])
+//! as the official `validate()` does it: [`refer_prompt`] with the answer forced to
+//! [`refer_answer`] (`docs/model.md` §14.2).
 
 pub mod metrics;
 
@@ -14,7 +18,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::data::muse::Dataset;
+use crate::data::muse::{Dataset, Protocol};
 use crate::data::rle::{decode_segmentation, Mask};
 use crate::pipeline::{PixelLm, SegmentRequest};
 use crate::{Error, Result};
@@ -28,6 +32,47 @@ pub const PROMPT_SUFFIX: &str = " Please output segmentation mask.";
 /// The question as the model is asked it in `pixellm eval`.
 pub fn eval_prompt(question: &str) -> String {
     format!("{question}{PROMPT_SUFFIX}")
+}
+
+/// A referring expression as the official `validate()` asks it (refCOCO and the like).
+pub fn refer_prompt(sentence: &str) -> String {
+    format!("What is {sentence} in this image?{PROMPT_SUFFIX}")
+}
+
+/// The answer the official `validate()` forces: one codebook group, `"[SEG0] [SEG1] [SEG2]
+/// [SEG3] [SEG4] [SEG5]."` for the released models' 6 tokens per target.
+pub fn refer_answer(tokens_per_target: usize) -> String {
+    format!(
+        "{}.",
+        crate::tokenizer::prompt::seg_token_strings(tokens_per_target).join(" ")
+    )
+}
+
+/// A question of a dataset with this protocol as the model is asked it.
+pub fn question_prompt(protocol: &Protocol, question: &str) -> String {
+    match protocol {
+        Protocol::Generate => eval_prompt(question),
+        Protocol::TeacherForced { .. } => refer_prompt(question),
+    }
+}
+
+/// The prompt template of a protocol, for the record (`{question}` / `{sentence}` stand for
+/// the question).
+pub fn prompt_template(protocol: &Protocol) -> String {
+    match protocol {
+        Protocol::Generate => eval_prompt("{question}"),
+        Protocol::TeacherForced { .. } => refer_prompt("{sentence}"),
+    }
+}
+
+/// The answer forced on `model` under a protocol (`None`: generated).
+pub fn forced_answer(model: &PixelLm, protocol: &Protocol) -> Option<String> {
+    match protocol {
+        Protocol::Generate => None,
+        Protocol::TeacherForced { .. } => {
+            Some(refer_answer(model.tokenizer().seg_token_ids().len()))
+        }
+    }
 }
 
 /// One question's predicted masks.
@@ -223,9 +268,10 @@ pub fn score(data: &Dataset, predictions: &[Prediction], limit: Option<usize>) -
     Ok(report)
 }
 
-/// Answers the first `limit` questions of `data` with `model` by generation (prompt:
-/// [`eval_prompt`], greedy, `max_new_tokens`), each image encoded once. `progress(done,
-/// total)` after each question.
+/// Answers the first `limit` questions of `data` with `model`, each image encoded once: by
+/// generation for MUSE data (prompt: [`eval_prompt`], greedy, `max_new_tokens`), in one
+/// teacher-forced pass for refCOCO-style data (prompt: [`refer_prompt`], answer:
+/// [`refer_answer`]). `progress(done, total)` after each question.
 pub fn predict(
     model: &PixelLm,
     data: &Dataset,
@@ -234,6 +280,7 @@ pub fn predict(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Prediction>> {
     let total = data.questions().min(limit.unwrap_or(usize::MAX));
+    let answer = forced_answer(model, &data.protocol);
     let mut out = Vec::with_capacity(total);
     for e in &data.entries {
         if out.len() >= total {
@@ -259,8 +306,8 @@ pub fn predict(
                 break;
             }
             let request = SegmentRequest {
-                question: eval_prompt(&question.text),
-                answer: None,
+                question: question_prompt(&data.protocol, &question.text),
+                answer: answer.clone(),
                 max_new_tokens,
             };
             let seg = model.answer(&encoded, &request, &mut |_| {})?;
@@ -285,4 +332,36 @@ pub fn predict(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_and_the_forced_answer_are_the_official_ones() {
+        assert_eq!(
+            question_prompt(&Protocol::Generate, "Segment the dog."),
+            "Segment the dog. Please output segmentation mask."
+        );
+        let refer = Protocol::TeacherForced {
+            split: "val".into(),
+        };
+        assert_eq!(
+            question_prompt(&refer, "the man on the left"),
+            "What is the man on the left in this image? Please output segmentation mask."
+        );
+        assert_eq!(
+            refer_answer(6),
+            "[SEG0] [SEG1] [SEG2] [SEG3] [SEG4] [SEG5]."
+        );
+        assert_eq!(
+            prompt_template(&Protocol::Generate),
+            "{question} Please output segmentation mask."
+        );
+        assert_eq!(
+            prompt_template(&refer),
+            "What is {sentence} in this image? Please output segmentation mask."
+        );
+    }
 }

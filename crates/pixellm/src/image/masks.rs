@@ -1,6 +1,6 @@
 //! Host-side helpers for the final mask logits (one target, `H0 × W0`, row-major):
-//! the reference's mask score (spec §10.6), area and bounding box, and PNG outputs.
-//! A pixel is foreground iff its logit is `> 0` (sigmoid > 0.5), as in `chat.py`.
+//! the reference's mask score (`docs/model.md` §10.6), area and bounding box, and PNG
+//! outputs. A pixel is foreground iff its logit is `> 0` (sigmoid > 0.5), as in `chat.py`.
 
 use ::image::codecs::png::PngEncoder;
 use ::image::{ExtendedColorType, ImageEncoder, RgbImage};

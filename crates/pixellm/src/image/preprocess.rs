@@ -1,6 +1,6 @@
-//! CLIP-branch preprocessing (spec §5.1, §5.2): Pillow-bilinear `ResizeLongestSide`,
-//! SAM/ImageNet normalisation, zero padding to a square, and the validity masks of
-//! the CLIP patch grid and of the LLM image tokens.
+//! CLIP-branch preprocessing (`docs/model.md` §5.1, §5.2): Pillow-bilinear
+//! `ResizeLongestSide`, SAM/ImageNet normalisation, zero padding to a square, and the
+//! validity masks of the CLIP patch grid and of the LLM image tokens.
 
 use ::image::RgbImage;
 

@@ -1,5 +1,5 @@
 //! The segmentation codebook: hidden states of the `[SEGk]` predictions -> one prompt
-//! embedding per target and visual scale (spec §9).
+//! embedding per target and visual scale (`docs/model.md` §9).
 
 use burn::tensor::Tensor;
 
@@ -8,7 +8,7 @@ use super::projector::{Activation, TwoLayerMlp};
 use crate::error::Result;
 
 /// `multiseg_scalar`: never registered, trained or saved in PixelLM; every entry is
-/// `1 / len(seg_token_idx)` = 1/6, of which the first 3 are used (quirk §15.2).
+/// `1 / len(seg_token_idx)` = 1/6, of which the first 3 are used (`docs/model.md` §15.2).
 pub const MULTISEG_SCALAR: f32 = 1.0 / 6.0;
 
 /// `text_hidden_fcs.0` plus the order-based grouping and fixed-weight fusion.

@@ -1,9 +1,9 @@
 //! The LLaMA language model (transformers 4.31 `LlamaModel` + `lm_head`), with a KV cache
 //! kept outside the weights.
 //!
-//! Spec §7. Grouped-query attention, RoPE θ and tied embeddings are configuration, not
-//! copies, so the same code runs PixelLM's Vicuna/LLaMA-2 and other LLaMA-architecture
-//! models.
+//! `docs/model.md` §7. Grouped-query attention, RoPE θ and tied embeddings are
+//! configuration, not copies, so the same code runs PixelLM's Vicuna/LLaMA-2 and other
+//! LLaMA-architecture models.
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
@@ -78,7 +78,8 @@ pub struct KvCache {
 
 impl KvCache {
     /// An empty cache for `capacity` positions. `key_padding[i]` hides position `i` as a key
-    /// (PixelLM masks the padded image tokens, spec §6.2); positions past its end are visible.
+    /// (PixelLM masks the padded image tokens, `docs/model.md` §6.2); positions past its end
+    /// are visible.
     pub fn new(
         config: &LlamaConfig,
         capacity: usize,

@@ -1,5 +1,5 @@
 //! `MaskDecoderMultiScale`: one SAM-style decoder level per visual scale, level 1
-//! conditioned on level 0's mask (spec §10.3, quirk §15.23).
+//! conditioned on level 0's mask (`docs/model.md` §10.3, §15.23).
 
 use burn::tensor::{activation, ops::ConvTransposeOptions, Tensor};
 
@@ -149,7 +149,8 @@ impl MaskDecoderMultiScale {
         let [n, _, c] = sparse.dims();
         let fixed = Tensor::cat(vec![self.iou_token.clone(), self.mask_tokens.clone()], 0);
         let fixed = fixed.unsqueeze::<3>().expand([n, 1 + MASK_TOKENS, c]);
-        // level_embed goes onto all six tokens, not only the sparse one (quirk §15.23).
+        // level_embed goes onto all six tokens, not only the sparse one
+        // (`docs/model.md` §15.23).
         let level_embed = self
             .level_embed
             .clone()

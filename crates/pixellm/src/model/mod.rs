@@ -258,7 +258,7 @@ impl PixelLmModel {
         params::upload(values, [1, 3, s, s], &self.device, self.dtype)
     }
 
-    /// Vision tower, projectors and neck: every image-only stage (spec §5–6).
+    /// Vision tower, projectors and neck: every image-only stage (`docs/model.md` §5–6).
     ///
     /// `patch_valid`: `[G²]`, false for patches whose top-left pixel is padding.
     pub fn encode_image(&self, pixels: Tensor<4>, patch_valid: &[bool]) -> ImageFeatures {
@@ -270,7 +270,7 @@ impl PixelLmModel {
         self.vision.forward(pixels, self.key_padding(patch_valid))
     }
 
-    /// Projectors and neck on the vision tower's output (spec §6).
+    /// Projectors and neck on the vision tower's output (`docs/model.md` §6).
     pub fn project_image(&self, vision: VisionOutput) -> ImageFeatures {
         let (g, lg) = (self.grid(), self.llm_grid());
         let d = self.clip_config.hidden_size;
@@ -315,8 +315,8 @@ impl PixelLmModel {
     }
 
     /// LLM input embeddings with the image tokens spliced in place of the single
-    /// `IMAGE_TOKEN_INDEX` (spec §6.2). Returns `[1, E, H]` and the position of the first
-    /// image token.
+    /// `IMAGE_TOKEN_INDEX` (`docs/model.md` §6.2). Returns `[1, E, H]` and the position of
+    /// the first image token.
     pub fn splice_image(
         &self,
         ids: &[i64],
@@ -343,7 +343,8 @@ impl PixelLmModel {
         Ok((Tensor::cat(parts, 1), p))
     }
 
-    /// Codebook, prompt encoder, both decoder levels and the 128×128 fusion (spec §9–10.4).
+    /// Codebook, prompt encoder, both decoder levels and the 128×128 fusion
+    /// (`docs/model.md` §9–10.4).
     ///
     /// `seg_hidden`: final-norm hidden states that predicted the codebook tokens, `[6N, H]`.
     pub fn decode_masks(&self, seg_hidden: Tensor<2>, decoder_features: &Tensor<4>) -> MaskOutputs {
@@ -379,9 +380,9 @@ impl PixelLmModel {
         }
     }
 
-    /// Low-res logits -> f32 logits at the original image size (spec §10.5): bilinear to
-    /// the run resolution, crop the un-padded `resized` area, bilinear to `original`, all in
-    /// f32. The three steps fold into one row and one column matrix.
+    /// Low-res logits -> f32 logits at the original image size (`docs/model.md` §10.5):
+    /// bilinear to the run resolution, crop the un-padded `resized` area, bilinear to
+    /// `original`, all in f32. The three steps fold into one row and one column matrix.
     ///
     /// # Shapes
     /// `[N, 1, 128, 128]` -> `[N, 1, H0, W0]`

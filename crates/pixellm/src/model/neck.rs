@@ -1,6 +1,6 @@
 //! `image_feature_neck`: projected CLIP features `[S, H, 32, 32]` -> decoder features
-//! `[S, 256, 32, 32]` (spec §6.4). Never trained: the checkpoint holds its random init
-//! (quirk §15.11), so it is loaded, never re-initialised.
+//! `[S, 256, 32, 32]` (`docs/model.md` §6.4). Never trained: the checkpoint holds its
+//! random init (`docs/model.md` §15.11), so it is loaded, never re-initialised.
 
 use burn::tensor::{ops::ConvOptions, Tensor};
 

@@ -3,7 +3,9 @@
 //!
 //! Linear weights stay in the checkpoint's `[out, in]` layout and are multiplied transposed:
 //! no copy at load, and decode-shaped GEMVs read the weight row-major, which is 3–10× faster
-//! on GPUs than the `[in, out]` layout Burn's own `Linear` uses (docs/gpu-machine.md).
+//! on GPUs than the `[in, out]` layout Burn's own `Linear` uses (Burn 0.22 on an H200, one
+//! f16 `x[1, k] · W` per call at the 7B decode shapes, 4096 × 4096 to 4096 × 32000:
+//! 41–77 µs against 114–289 µs on CUDA, 58–118 µs against 295–733 µs through wgpu).
 //!
 //! The layers hold weights and shapes; how an op runs on the tensors' backend (CPU kernels,
 //! CUDA f32 products, Burn's ops) is [`crate::kernels`]' choice.

@@ -1,8 +1,9 @@
 //! The two-layer MLPs that move features between the vision, language and mask spaces.
 //!
-//! `mm_projector` / `out_mm_projector` (Linear, GELU-erf, Linear; spec §6) and
-//! `text_hidden_fcs.0` (Linear, ReLU, Linear, Dropout(0); spec §9). PyTorch keys the layers
-//! of an `nn.Sequential` by index, so the fields are named after those indices.
+//! `mm_projector` / `out_mm_projector` (Linear, GELU-erf, Linear; `docs/model.md` §6) and
+//! `text_hidden_fcs.0` (Linear, ReLU, Linear, Dropout(0); `docs/model.md` §9). PyTorch
+//! keys the layers of an `nn.Sequential` by index, so the fields are named after those
+//! indices.
 
 use burn::tensor::{activation, Tensor};
 

@@ -1,5 +1,6 @@
 //! The parts of SAM's prompt encoder PixelLM uses: the random-Fourier positional encoding
-//! and the "no mask" dense embedding (spec §10.1). Point/box/mask encoders are unused.
+//! and the "no mask" dense embedding (`docs/model.md` §10.1). Point/box/mask encoders are
+//! unused.
 
 use burn::tensor::Tensor;
 

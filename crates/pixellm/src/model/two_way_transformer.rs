@@ -1,6 +1,6 @@
 //! SAM's `TwoWayTransformer` (depth 2, 8 heads, ReLU MLP 2048, attention downsample 2 —
 //! heads and MLP width configurable for smaller models):
-//! tokens attend to the image and the image to the tokens (spec §10.2).
+//! tokens attend to the image and the image to the tokens (`docs/model.md` §10.2).
 
 use burn::tensor::{activation, Tensor};
 

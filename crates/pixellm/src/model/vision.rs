@@ -2,7 +2,7 @@
 //! 448 px with a key-padding mask.
 //!
 //! Reference: PixelLM `model/llava/model/multimodal_encoder/clip_encoder.py` (commit
-//! `ebf0792`) and transformers 4.31 `modeling_clip.py`. Spec §2.6, §5.3.
+//! `ebf0792`) and transformers 4.31 `modeling_clip.py`. `docs/model.md` §2.6, §5.3.
 
 use burn::tensor::{Bool, Tensor};
 
@@ -189,8 +189,8 @@ impl VisionTower {
     }
 }
 
-/// The official 336 → 448 position-embedding resize, off-by-one included (spec §2.6,
-/// quirk §15.1): rows `0..g²` — which start with the CLS row and miss the last patch —
+/// The official 336 → 448 position-embedding resize, off-by-one included (`docs/model.md`
+/// §2.6, §15.1): rows `0..g²` — which start with the CLS row and miss the last patch —
 /// are treated as the grid, the *last* row as CLS. The grid is resized bilinearly
 /// (align_corners = False, f32) and the old last row is appended.
 ///

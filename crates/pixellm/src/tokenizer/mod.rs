@@ -1,6 +1,6 @@
 //! The LLaMA tokenizer exactly as PixelLM runs it: transformers 4.31's slow
 //! `LlamaTokenizer` in legacy mode, plus LLaVA's `tokenizer_image_token` and the
-//! `llava_v1` prompt (spec §3, §4).
+//! `llava_v1` prompt (`docs/model.md` §3, §4).
 //!
 //! Encoding one string ([`Tokenizer::encode`]):
 //! 1. cut the text at the no-split strings (`<s>`, `</s>`, `<unk>` and every added token),

@@ -1,5 +1,5 @@
 //! PixelLM prompt construction: the LLaVA `llava_v1` conversation template as used by
-//! PixelLM's `chat.py` (spec §4).
+//! PixelLM's `chat.py` (`docs/model.md` §4).
 
 /// `conv_llava_v1.system`.
 pub const LLAVA_V1_SYSTEM: &str = "A chat between a curious human and an artificial intelligence \

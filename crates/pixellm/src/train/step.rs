@@ -118,7 +118,7 @@ pub fn example_loss(pixellm: &PixelLm, ex: &Example) -> Result<LossSums> {
         ce = ce - picked.sum().reshape([1]);
         tokens += t;
 
-        // The hidden state before each codebook token (spec §8.2).
+        // The hidden state before each codebook token (`docs/model.md` §8.2).
         let seg_rows: Vec<i64> = (0..full.len() - 1)
             .filter(|&m| seg_ids.contains(&full[m + 1]))
             .map(pos)

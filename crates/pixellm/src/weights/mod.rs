@@ -4,7 +4,9 @@
 //! Nothing here trusts a length, offset, shape or stride found in a file: every one is
 //! checked against the real byte size before anything is sliced or allocated, so a corrupt
 //! or hostile checkpoint gives an [`Error`], never a panic or a huge allocation. Pickles are
-//! parsed as data: no Python object is ever constructed or called.
+//! parsed as data: no Python object is ever constructed or called ([`read_plain_pickle`]
+//! reads pickles of plain Python values, such as refCOCO's `refs(unc).p`, with no global
+//! at all).
 //!
 //! Tensors are located when a file is opened and their bytes are read (and converted to
 //! `f32`) only when asked for, straight from a memory map for files on disk.
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 
 pub use layout::StoredDType;
+pub use pickle::{parse_plain_pickle, read_plain_pickle, write_plain_pickle, MAX_PLAIN_DEPTH};
 
 /// Shape and element type of a stored tensor.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,12 +5,22 @@
 //! fixed set of globals (tensor rebuild functions, storage types, `OrderedDict`) as inert
 //! tags and refuses every other one, so a checkpoint cannot run code. Its memo, stack,
 //! mark stack, containers and tuple nesting are capped, and it never recurses.
+//!
+//! The same interpreter has a plain-data mode ([`parse_plain_pickle`], [`read_plain_pickle`])
+//! for pickles of ordinary Python values, such as the refer API's `refs(unc).p`: no global
+//! at all (so no call, no persistent id, no `BUILD`), only None, bools, ints, floats,
+//! strings, bytes, lists, tuples and dicts, in protocols 0 to 5 (Python 2's text opcodes
+//! included). The result is a [`serde_json::Value`]; converting it recurses, but never
+//! deeper than [`MAX_PLAIN_DEPTH`], and the expansion of values shared through the memo is
+//! bounded by the pickle's size.
 
 use std::collections::HashMap;
 use std::io::{Cursor, Read};
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use serde_json::Value as Json;
 use zip::{CompressionMethod, ZipArchive};
 
 use super::layout::StoredDType;
@@ -24,6 +34,16 @@ const MAX_STACK: usize = 1 << 20;
 const MAX_MEMO: usize = 1 << 20;
 const MAX_MARKS: usize = 1 << 12;
 const MAX_CONTAINER_ITEMS: usize = 1 << 22;
+/// Largest plain-data pickle read. refCOCO's `refs(unc).p` is ~45 MB.
+const MAX_PLAIN_PICKLE_BYTES: u64 = 1 << 30;
+/// Caps on the plain-data interpreter: a refs pickle memoises every string and container
+/// (~1.5M entries for refCOCO) and holds ~2.5M container items.
+const MAX_PLAIN_STACK: usize = 1 << 22;
+const MAX_PLAIN_MEMO: usize = 1 << 23;
+const MAX_PLAIN_CONTAINER_ITEMS: usize = 1 << 24;
+/// Deepest nesting of lists, dicts and tuples a plain-data pickle may have (a refs pickle
+/// has 4); it bounds the recursion of the JSON conversion and catches self-containing lists.
+pub const MAX_PLAIN_DEPTH: usize = 100;
 /// Tuple nesting cap; bounds the recursion of dropping nested tuples.
 const MAX_TUPLE_DEPTH: usize = 64;
 /// Most dimensions a tensor may have.
@@ -368,15 +388,14 @@ struct Tuple {
 
 /// A pickle value. Lists and dicts are mutable and shared through the memo, so they live in
 /// an arena and are referred to by index: no reference cycles, no recursive drops.
-/// Bools, floats and bytes are never inspected by a state dict, so only their kind is kept.
 #[derive(Debug, Clone)]
 enum Value {
     None,
-    Bool,
+    Bool(bool),
     Int(i64),
-    Float,
+    Float(f64),
     Str(Rc<str>),
-    Bytes,
+    Bytes(Rc<[u8]>),
     Tuple(Rc<Tuple>),
     List(usize),
     Dict(usize),
@@ -389,11 +408,11 @@ impl Value {
     fn kind(&self) -> &'static str {
         match self {
             Value::None => "None",
-            Value::Bool => "bool",
+            Value::Bool(_) => "bool",
             Value::Int(_) => "int",
-            Value::Float => "float",
+            Value::Float(_) => "float",
             Value::Str(_) => "str",
-            Value::Bytes => "bytes",
+            Value::Bytes(_) => "bytes",
             Value::Tuple(_) => "tuple",
             Value::List(_) => "list",
             Value::Dict(_) => "dict",
@@ -417,6 +436,13 @@ mod op {
     pub const POP_MARK: u8 = b'1';
     pub const DUP: u8 = b'2';
     pub const BINFLOAT: u8 = b'G';
+    pub const FLOAT: u8 = b'F';
+    pub const INT: u8 = b'I';
+    pub const LONG: u8 = b'L';
+    pub const STRING: u8 = b'S';
+    pub const UNICODE: u8 = b'V';
+    pub const GET: u8 = b'g';
+    pub const PUT: u8 = b'p';
     pub const BININT: u8 = b'J';
     pub const BININT1: u8 = b'K';
     pub const BININT2: u8 = b'M';
@@ -461,9 +487,28 @@ mod op {
     pub const FRAME: u8 = 0x95;
 }
 
+/// What a pickle may contain.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// A torch state dict: the allowed globals of [`resolve_global`], persistent ids.
+    Torch,
+    /// Plain Python data: no global, no call, no persistent id; Python 2's text opcodes.
+    Plain,
+}
+
+/// Caps on the interpreter's state.
+struct Limits {
+    stack: usize,
+    memo: usize,
+    marks: usize,
+    container_items: usize,
+}
+
 /// The pickle interpreter: a stack machine over data values only.
 struct Machine<'a> {
     label: &'a str,
+    mode: Mode,
+    limits: Limits,
     data: &'a [u8],
     pos: usize,
     /// Offset of the opcode being executed, for error messages.
@@ -478,8 +523,28 @@ struct Machine<'a> {
 
 impl<'a> Machine<'a> {
     fn new(label: &'a str, data: &'a [u8]) -> Self {
+        Self::with_mode(label, data, Mode::Torch)
+    }
+
+    fn with_mode(label: &'a str, data: &'a [u8], mode: Mode) -> Self {
+        let limits = match mode {
+            Mode::Torch => Limits {
+                stack: MAX_STACK,
+                memo: MAX_MEMO,
+                marks: MAX_MARKS,
+                container_items: MAX_CONTAINER_ITEMS,
+            },
+            Mode::Plain => Limits {
+                stack: MAX_PLAIN_STACK,
+                memo: MAX_PLAIN_MEMO,
+                marks: MAX_MARKS,
+                container_items: MAX_PLAIN_CONTAINER_ITEMS,
+            },
+        };
         Machine {
             label,
+            mode,
+            limits,
             data,
             pos: 0,
             op_start: 0,
@@ -493,10 +558,14 @@ impl<'a> Machine<'a> {
 
     fn err(&self, msg: impl std::fmt::Display) -> Error {
         let opcode = self.data.get(self.op_start).copied().unwrap_or(0);
+        let what = match self.mode {
+            Mode::Torch => "data.pkl: invalid pickle",
+            Mode::Plain => "invalid pickle",
+        };
         Error::format(
             self.label,
             format!(
-                "data.pkl: invalid pickle at byte {} (opcode {opcode:#04x}): {msg}",
+                "{what} at byte {} (opcode {opcode:#04x}): {msg}",
                 self.op_start
             ),
         )
@@ -559,14 +628,55 @@ impl<'a> Machine<'a> {
         Ok(Value::Str(Rc::from(s)))
     }
 
+    /// A Python 2 `str` (bytes): Latin-1 in a state dict; in plain data UTF-8 when the
+    /// bytes are valid UTF-8 (as Python 2 programs mostly stored text), else Latin-1.
     fn latin1(&mut self, n: usize) -> Result<Value> {
-        let s: String = self.take(n)?.iter().map(|&b| char::from(b)).collect();
-        Ok(Value::Str(Rc::from(s)))
+        let bytes = self.take(n)?;
+        Ok(Value::Str(Rc::from(self.py2_str(bytes))))
+    }
+
+    fn py2_str(&self, bytes: &[u8]) -> String {
+        match (self.mode, std::str::from_utf8(bytes)) {
+            (Mode::Plain, Ok(s)) => s.to_string(),
+            _ => latin1_string(bytes),
+        }
     }
 
     fn bytes(&mut self, n: usize) -> Result<Value> {
-        self.take(n)?;
-        Ok(Value::Bytes)
+        let b = self.take(n)?;
+        Ok(Value::Bytes(Rc::from(b)))
+    }
+
+    /// The rest of a text opcode's line (protocol 0), without its newline.
+    fn text_line(&mut self) -> Result<&'a [u8]> {
+        let rest = self.data.get(self.pos..).unwrap_or(&[]);
+        let end = rest.iter().position(|&b| b == b'\n').ok_or_else(|| {
+            self.err("argument is not terminated by a newline (truncated pickle)")
+        })?;
+        let line = self.take(end + 1)?;
+        Ok(&line[..end])
+    }
+
+    /// A decimal argument of a text opcode (`LONG`'s with its trailing `L`).
+    fn text_int(&mut self, what: &str) -> Result<i64> {
+        let line = self.text_line()?;
+        self.parse_text_int(line, what)
+    }
+
+    fn parse_text_int(&self, line: &[u8], what: &str) -> Result<i64> {
+        let s = std::str::from_utf8(line).unwrap_or("");
+        let digits = s.trim().strip_suffix('L').unwrap_or(s.trim());
+        digits.parse::<i64>().map_err(|_| {
+            self.err(format!(
+                "{what} `{}` is not a 64-bit integer",
+                truncate_for_error(&String::from_utf8_lossy(line))
+            ))
+        })
+    }
+
+    fn text_memo_index(&mut self) -> Result<u32> {
+        let i = self.text_int("memo index")?;
+        u32::try_from(i).map_err(|_| self.err(format!("memo index {i} is out of range")))
     }
 
     fn long(&mut self, n: usize) -> Result<Value> {
@@ -588,8 +698,8 @@ impl<'a> Machine<'a> {
     }
 
     fn push(&mut self, v: Value) -> Result<()> {
-        if self.stack.len() >= MAX_STACK {
-            return Err(self.err(format!("stack exceeds {MAX_STACK} values")));
+        if self.stack.len() >= self.limits.stack {
+            return Err(self.err(format!("stack exceeds {} values", self.limits.stack)));
         }
         self.stack.push(v);
         Ok(())
@@ -635,9 +745,10 @@ impl<'a> Machine<'a> {
 
     fn count_items(&mut self, n: usize) -> Result<()> {
         self.container_items = self.container_items.saturating_add(n);
-        if self.container_items > MAX_CONTAINER_ITEMS {
+        if self.container_items > self.limits.container_items {
             return Err(self.err(format!(
-                "containers hold more than {MAX_CONTAINER_ITEMS} items"
+                "containers hold more than {} items",
+                self.limits.container_items
             )));
         }
         Ok(())
@@ -693,8 +804,8 @@ impl<'a> Machine<'a> {
 
     fn memo_put(&mut self, idx: u32) -> Result<()> {
         let v = self.top()?.clone();
-        if self.memo.len() >= MAX_MEMO && !self.memo.contains_key(&idx) {
-            return Err(self.err(format!("memo exceeds {MAX_MEMO} entries")));
+        if self.memo.len() >= self.limits.memo && !self.memo.contains_key(&idx) {
+            return Err(self.err(format!("memo exceeds {} entries", self.limits.memo)));
         }
         self.memo.insert(idx, v);
         Ok(())
@@ -830,11 +941,199 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// The one-line refusal of an opcode that would name or call code in plain data.
+    fn plain_refusal(&mut self, code: u8) -> Error {
+        let refuse = "a plain-data pickle may reference no global (refusing to load it)";
+        match code {
+            op::GLOBAL => {
+                let names = self.line().and_then(|m| Ok((m, self.line()?)));
+                match names {
+                    Ok((module, name)) => self.err(format!(
+                        "pickle references the global `{}.{}`; {refuse}",
+                        module.escape_debug(),
+                        name.escape_debug()
+                    )),
+                    Err(_) => self.err(format!("GLOBAL opcode; {refuse}")),
+                }
+            }
+            op::STACK_GLOBAL => {
+                let name = self.stack.last().cloned();
+                let module = self.stack.iter().rev().nth(1).cloned();
+                match (module, name) {
+                    (Some(Value::Str(m)), Some(Value::Str(n))) => self.err(format!(
+                        "pickle references the global `{}.{}`; {refuse}",
+                        m.escape_debug(),
+                        n.escape_debug()
+                    )),
+                    _ => self.err(format!("STACK_GLOBAL opcode; {refuse}")),
+                }
+            }
+            op::BINPERSID => self.err(format!("persistent id; {refuse}")),
+            op::BUILD => self.err(format!("BUILD (object state); {refuse}")),
+            _ => self.err(format!("a call (REDUCE/NEWOBJ); {refuse}")),
+        }
+    }
+
+    /// The JSON form of a plain-data value (see [`parse_plain_pickle`]).
+    fn to_json(&self, v: &Value) -> Result<Json> {
+        // Values shared through the memo are copied once per reference: bound the copies
+        // by the pickle's size, so that a few bytes cannot expand into gigabytes.
+        let n = self.data.len();
+        let mut budget = JsonBudget {
+            values: n.saturating_mul(16).saturating_add(4096),
+            bytes: n.saturating_mul(4).saturating_add(1 << 20),
+            open: vec![false; self.arena.len()],
+        };
+        self.json_value(v, 0, &mut budget)
+    }
+
+    fn json_err(&self, msg: impl std::fmt::Display) -> Error {
+        Error::format(self.label, format!("pickle: {msg}"))
+    }
+
+    /// A string of the output (a value or a dict key), charged to the budget.
+    fn json_text(&self, s: &str, b: &mut JsonBudget) -> Result<String> {
+        if s.len() > b.bytes {
+            return Err(self.json_err(
+                "shared strings (memo references) expand to more bytes than the pickle's size allows",
+            ));
+        }
+        b.bytes -= s.len();
+        Ok(s.to_string())
+    }
+
+    fn json_value(&self, v: &Value, depth: usize, b: &mut JsonBudget) -> Result<Json> {
+        if depth > MAX_PLAIN_DEPTH {
+            return Err(self.json_err(format!("values nested deeper than {MAX_PLAIN_DEPTH}")));
+        }
+        if b.values == 0 {
+            return Err(self.json_err(
+                "shared values (memo references) expand to more values than the pickle's size allows",
+            ));
+        }
+        b.values -= 1;
+        Ok(match v {
+            Value::None => Json::Null,
+            Value::Bool(x) => Json::Bool(*x),
+            Value::Int(i) => Json::from(*i),
+            // JSON has no NaN or infinity.
+            Value::Float(x) => serde_json::Number::from_f64(*x).map_or(Json::Null, Json::Number),
+            Value::Str(s) => Json::String(self.json_text(s, b)?),
+            Value::Bytes(bytes) => Json::String(self.json_text(&self.py2_str(bytes), b)?),
+            Value::Tuple(t) => Json::Array(
+                t.items
+                    .iter()
+                    .map(|x| self.json_value(x, depth + 1, b))
+                    .collect::<Result<_>>()?,
+            ),
+            Value::List(id) | Value::Dict(id) => {
+                let id = *id;
+                if b.open.get(id).copied().unwrap_or(false) {
+                    return Err(self.json_err(format!("a {} contains itself", v.kind())));
+                }
+                if let Some(o) = b.open.get_mut(id) {
+                    *o = true;
+                }
+                let out = match self.arena.get(id) {
+                    Some(Container::List(items)) => Json::Array(
+                        items
+                            .iter()
+                            .map(|x| self.json_value(x, depth + 1, b))
+                            .collect::<Result<_>>()?,
+                    ),
+                    Some(Container::Dict(pairs)) => {
+                        let mut map = serde_json::Map::new();
+                        for (k, x) in pairs {
+                            let key = match k {
+                                Value::Str(s) => self.json_text(s, b)?,
+                                Value::Bytes(bytes) => self.json_text(&self.py2_str(bytes), b)?,
+                                Value::Int(i) => i.to_string(),
+                                other => {
+                                    return Err(self.json_err(format!(
+                                        "a dict key is a {}; only str and int keys convert to JSON",
+                                        other.kind()
+                                    )))
+                                }
+                            };
+                            let x = self.json_value(x, depth + 1, b)?;
+                            // As in Python, a repeated key keeps its last value.
+                            map.insert(key, x);
+                        }
+                        Json::Object(map)
+                    }
+                    None => return Err(self.json_err("container reference is dangling")),
+                };
+                if let Some(o) = b.open.get_mut(id) {
+                    *o = false;
+                }
+                out
+            }
+            Value::Global(_) | Value::Storage(_) | Value::Tensor(_) => {
+                return Err(self.json_err(format!("a {} is not plain data", v.kind())))
+            }
+        })
+    }
+
     fn run(&mut self) -> Result<Value> {
         loop {
             self.op_start = self.pos;
             let code = self.u8()?;
             match code {
+                op::GLOBAL
+                | op::STACK_GLOBAL
+                | op::REDUCE
+                | op::NEWOBJ
+                | op::BUILD
+                | op::BINPERSID
+                    if self.mode == Mode::Plain =>
+                {
+                    return Err(self.plain_refusal(code));
+                }
+                // Python 2's text opcodes (protocol 0), in plain data only.
+                op::INT if self.mode == Mode::Plain => {
+                    let v = match self.text_line()? {
+                        b"00" => Value::Bool(false),
+                        b"01" => Value::Bool(true),
+                        line => Value::Int(self.parse_text_int(line, "INT argument")?),
+                    };
+                    self.push(v)?;
+                }
+                op::LONG if self.mode == Mode::Plain => {
+                    let v = self.text_int("LONG argument")?;
+                    self.push(Value::Int(v))?;
+                }
+                op::FLOAT if self.mode == Mode::Plain => {
+                    let line = self.text_line()?;
+                    let v = std::str::from_utf8(line)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<f64>().ok())
+                        .ok_or_else(|| {
+                            self.err(format!(
+                                "FLOAT argument `{}` is not a number",
+                                truncate_for_error(&String::from_utf8_lossy(line))
+                            ))
+                        })?;
+                    self.push(Value::Float(v))?;
+                }
+                op::STRING if self.mode == Mode::Plain => {
+                    let line = self.text_line()?;
+                    let bytes = py2_string_literal(line).map_err(|m| self.err(m))?;
+                    let v = Value::Str(Rc::from(self.py2_str(&bytes)));
+                    self.push(v)?;
+                }
+                op::UNICODE if self.mode == Mode::Plain => {
+                    let line = self.text_line()?;
+                    let s = raw_unicode_escape(line).map_err(|m| self.err(m))?;
+                    self.push(Value::Str(Rc::from(s)))?;
+                }
+                op::PUT if self.mode == Mode::Plain => {
+                    let i = self.text_memo_index()?;
+                    self.memo_put(i)?;
+                }
+                op::GET if self.mode == Mode::Plain => {
+                    let i = self.text_memo_index()?;
+                    self.memo_get(i)?;
+                }
                 op::PROTO => {
                     let v = self.u8()?;
                     if v > 5 {
@@ -847,8 +1146,10 @@ impl<'a> Machine<'a> {
                 }
                 op::STOP => return self.pop(),
                 op::MARK => {
-                    if self.marks.len() >= MAX_MARKS {
-                        return Err(self.err(format!("more than {MAX_MARKS} nested MARKs")));
+                    if self.marks.len() >= self.limits.marks {
+                        return Err(
+                            self.err(format!("more than {} nested MARKs", self.limits.marks))
+                        );
                     }
                     self.marks.push(self.stack.len());
                 }
@@ -867,8 +1168,8 @@ impl<'a> Machine<'a> {
                     self.push(v)?;
                 }
                 op::NONE => self.push(Value::None)?,
-                op::NEWTRUE => self.push(Value::Bool)?,
-                op::NEWFALSE => self.push(Value::Bool)?,
+                op::NEWTRUE => self.push(Value::Bool(true))?,
+                op::NEWFALSE => self.push(Value::Bool(false))?,
                 op::BININT => {
                     let v = i32::from_le_bytes(self.array()?);
                     self.push(Value::Int(v.into()))?;
@@ -892,8 +1193,8 @@ impl<'a> Machine<'a> {
                     self.push(v)?;
                 }
                 op::BINFLOAT => {
-                    self.take(8)?;
-                    self.push(Value::Float)?;
+                    let v = f64::from_be_bytes(self.array()?);
+                    self.push(Value::Float(v))?;
                 }
                 op::SHORT_BINUNICODE => {
                     let n = usize::from(self.u8()?);
@@ -1107,6 +1408,235 @@ impl<'a> Machine<'a> {
     }
 }
 
+/// What the JSON conversion may still produce, and the containers being converted.
+struct JsonBudget {
+    values: usize,
+    bytes: usize,
+    open: Vec<bool>,
+}
+
+/// Parses a plain-data pickle (protocol 0 to 5) into JSON: None → null, bools, ints (up to
+/// 64 bits), floats (NaN and infinities → null), `str` and `unicode` → strings (Python 2
+/// `str` and `bytes` as UTF-8 when valid, else Latin-1), lists and tuples → arrays, dicts →
+/// objects (keys must be strings or ints; ints become their decimal text). Any global,
+/// call, persistent id or object state is refused; so is every malformed or oversized
+/// input, with one line naming `label`, the byte offset and what was wrong.
+pub fn parse_plain_pickle(label: &str, bytes: &[u8]) -> Result<Json> {
+    let mut machine = Machine::with_mode(label, bytes, Mode::Plain);
+    let top = machine.run()?;
+    machine.to_json(&top)
+}
+
+/// Reads a plain-data pickle file (at most 1 GiB); see [`parse_plain_pickle`].
+pub fn read_plain_pickle(path: &Path) -> Result<Json> {
+    let label = path.display().to_string();
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    if len > MAX_PLAIN_PICKLE_BYTES {
+        return Err(Error::format(
+            label,
+            format!("the pickle is {len} bytes, more than the {MAX_PLAIN_PICKLE_BYTES}-byte limit"),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_plain_pickle(&label, &bytes)
+}
+
+/// Writes JSON as a protocol-2 pickle in the style of Python 2's `cPickle` (the refer API's
+/// `refs(*).p`): object keys as `str` (`SHORT_BINSTRING`/`BINSTRING`), string values as
+/// `unicode` (`BINUNICODE`), ints as `BININT1`/`BININT2`/`BININT`/`LONG1`, floats as
+/// `BINFLOAT`, lists and objects filled by `APPENDS`/`SETITEMS` in batches of 1000. For
+/// fixtures and tests: [`parse_plain_pickle`] reads it back to the same JSON.
+pub fn write_plain_pickle(v: &Json) -> Vec<u8> {
+    fn py2_str(out: &mut Vec<u8>, s: &str) {
+        match u8::try_from(s.len()) {
+            Ok(n) => out.extend([op::SHORT_BINSTRING, n]),
+            Err(_) => {
+                out.push(op::BINSTRING);
+                out.extend((s.len() as i32).to_le_bytes());
+            }
+        }
+        out.extend(s.as_bytes());
+    }
+    fn value(out: &mut Vec<u8>, v: &Json) {
+        match v {
+            Json::Null => out.push(op::NONE),
+            Json::Bool(b) => out.push(if *b { op::NEWTRUE } else { op::NEWFALSE }),
+            Json::Number(n) => match (n.as_i64(), n.as_f64()) {
+                (Some(i), _) if (0..256).contains(&i) => out.extend([op::BININT1, i as u8]),
+                (Some(i), _) if (0..65536).contains(&i) => {
+                    out.push(op::BININT2);
+                    out.extend((i as u16).to_le_bytes());
+                }
+                (Some(i), _) if i32::try_from(i).is_ok() => {
+                    out.push(op::BININT);
+                    out.extend((i as i32).to_le_bytes());
+                }
+                (Some(i), _) => {
+                    out.extend([op::LONG1, 8]);
+                    out.extend(i.to_le_bytes());
+                }
+                (None, f) => {
+                    out.push(op::BINFLOAT);
+                    out.extend(f.unwrap_or(f64::NAN).to_be_bytes());
+                }
+            },
+            Json::String(s) => {
+                out.push(op::BINUNICODE);
+                out.extend((s.len() as u32).to_le_bytes());
+                out.extend(s.as_bytes());
+            }
+            Json::Array(items) => {
+                out.push(op::EMPTY_LIST);
+                for chunk in items.chunks(1000) {
+                    out.push(op::MARK);
+                    for x in chunk {
+                        value(out, x);
+                    }
+                    out.push(op::APPENDS);
+                }
+            }
+            Json::Object(map) => {
+                out.push(op::EMPTY_DICT);
+                let pairs: Vec<_> = map.iter().collect();
+                for chunk in pairs.chunks(1000) {
+                    out.push(op::MARK);
+                    for (k, x) in chunk {
+                        py2_str(out, k);
+                        value(out, x);
+                    }
+                    out.push(op::SETITEMS);
+                }
+            }
+        }
+    }
+    let mut out = vec![op::PROTO, 2];
+    value(&mut out, v);
+    out.push(op::STOP);
+    out
+}
+
+fn latin1_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| char::from(b)).collect()
+}
+
+/// At most 40 characters of `s`, for an error message.
+fn truncate_for_error(s: &str) -> String {
+    let mut out: String = s.chars().take(40).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out.escape_debug().to_string()
+}
+
+/// The bytes of a Python 2 `str` literal as protocol 0 writes it (`repr`: quoted with `'`
+/// or `"`, backslash escapes).
+fn py2_string_literal(line: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let body = match line {
+        [q, body @ .., last] if (*q == b'\'' || *q == b'"') && last == q => body,
+        _ => return Err("STRING argument is not a quoted string literal".into()),
+    };
+    let mut out = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        let c = body[i];
+        i += 1;
+        if c != b'\\' {
+            out.push(c);
+            continue;
+        }
+        let Some(&e) = body.get(i) else {
+            return Err("STRING argument ends with a lone backslash".into());
+        };
+        i += 1;
+        match e {
+            b'\n' => {}
+            b'\\' | b'\'' | b'"' => out.push(e),
+            b'a' => out.push(0x07),
+            b'b' => out.push(0x08),
+            b'f' => out.push(0x0c),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(0x0b),
+            b'x' => {
+                let hex = body
+                    .get(i..i + 2)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or("STRING argument has an invalid \\x escape")?;
+                out.push(hex);
+                i += 2;
+            }
+            b'0'..=b'7' => {
+                let mut v = u32::from(e - b'0');
+                for _ in 0..2 {
+                    match body.get(i) {
+                        Some(&d @ b'0'..=b'7') => {
+                            v = v * 8 + u32::from(d - b'0');
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push((v & 0xff) as u8);
+            }
+            // Python keeps unknown escapes as written.
+            other => {
+                out.push(b'\\');
+                out.push(other);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A `unicode` as protocol 0 writes it (raw-unicode-escape): Latin-1 bytes with `\uXXXX`
+/// and `\UXXXXXXXX` escapes (surrogate pairs joined; a lone surrogate becomes U+FFFD).
+fn raw_unicode_escape(line: &[u8]) -> std::result::Result<String, String> {
+    let mut units: Vec<u32> = Vec::with_capacity(line.len());
+    let mut i = 0;
+    while i < line.len() {
+        let c = line[i];
+        // In a run of backslashes only an odd one out starts an escape (as in CPython).
+        if c == b'\\' && matches!(line.get(i + 1), Some(b'u' | b'U')) {
+            let digits = if line[i + 1] == b'u' { 4 } else { 8 };
+            let v = line
+                .get(i + 2..i + 2 + digits)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .ok_or("UNICODE argument has an invalid \\u escape")?;
+            units.push(v);
+            i += 2 + digits;
+        } else if c == b'\\' && line.get(i + 1) == Some(&b'\\') {
+            units.extend([0x5c, 0x5c]);
+            i += 2;
+        } else {
+            units.push(u32::from(c));
+            i += 1;
+        }
+    }
+    let mut out = String::with_capacity(units.len());
+    let mut k = 0;
+    while k < units.len() {
+        let u = units[k];
+        k += 1;
+        let ch = match u {
+            0xd800..=0xdbff => match units.get(k) {
+                Some(&lo @ 0xdc00..=0xdfff) => {
+                    k += 1;
+                    char::from_u32(0x10000 + ((u - 0xd800) << 10) + (lo - 0xdc00))
+                }
+                _ => None,
+            },
+            _ => char::from_u32(u),
+        };
+        out.push(ch.unwrap_or(char::REPLACEMENT_CHARACTER));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 pub(super) mod test_support {
     //! Exposes the interpreter to the tests in `super::super::tests`.
@@ -1119,5 +1649,393 @@ pub(super) mod test_support {
             .into_iter()
             .map(|(name, _)| name)
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod plain_tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A pickle written opcode by opcode.
+    #[derive(Default)]
+    struct P(Vec<u8>);
+
+    impl P {
+        fn op(mut self, code: u8) -> Self {
+            self.0.push(code);
+            self
+        }
+        fn raw(mut self, bytes: &[u8]) -> Self {
+            self.0.extend_from_slice(bytes);
+            self
+        }
+        fn proto2() -> Self {
+            P::default().raw(&[op::PROTO, 2])
+        }
+        fn short_uni(self, s: &str) -> Self {
+            self.op(op::SHORT_BINUNICODE)
+                .raw(&[s.len() as u8])
+                .raw(s.as_bytes())
+        }
+        fn uni(self, s: &str) -> Self {
+            self.op(op::BINUNICODE)
+                .raw(&(s.len() as u32).to_le_bytes())
+                .raw(s.as_bytes())
+        }
+        fn short_str(self, b: &[u8]) -> Self {
+            self.op(op::SHORT_BINSTRING).raw(&[b.len() as u8]).raw(b)
+        }
+        fn binstr(self, b: &[u8]) -> Self {
+            self.op(op::BINSTRING)
+                .raw(&(b.len() as i32).to_le_bytes())
+                .raw(b)
+        }
+        fn int1(self, v: u8) -> Self {
+            self.op(op::BININT1).raw(&[v])
+        }
+        fn int2(self, v: u16) -> Self {
+            self.op(op::BININT2).raw(&v.to_le_bytes())
+        }
+        fn int4(self, v: i32) -> Self {
+            self.op(op::BININT).raw(&v.to_le_bytes())
+        }
+        fn float(self, v: f64) -> Self {
+            self.op(op::BINFLOAT).raw(&v.to_be_bytes())
+        }
+        fn put(self, i: u8) -> Self {
+            self.op(op::BINPUT).raw(&[i])
+        }
+        fn get(self, i: u8) -> Self {
+            self.op(op::BINGET).raw(&[i])
+        }
+        fn parse(&self) -> Result<Json> {
+            parse_plain_pickle("refs(test).p", &self.0)
+        }
+    }
+
+    /// A refs pickle in the shape Python 2's cPickle writes (protocol 2): keys as `str`,
+    /// one sentence as `unicode`, the second ref's dict reusing memoised keys.
+    fn refs_pickle() -> P {
+        let sentence = |p: P, text: &str, id: i32| {
+            p.op(op::EMPTY_DICT)
+                .op(op::MARK)
+                .short_str(b"tokens")
+                .op(op::EMPTY_LIST)
+                .op(op::MARK)
+                .short_str(b"the")
+                .short_str(b"man")
+                .op(op::APPENDS)
+                .short_str(b"raw")
+                .uni(text)
+                .short_str(b"sent")
+                .short_uni(text)
+                .short_str(b"sent_id")
+                .int4(id)
+                .op(op::SETITEMS)
+        };
+        let p = P::proto2()
+            .op(op::EMPTY_LIST)
+            .put(0)
+            .op(op::MARK)
+            // ref 0
+            .op(op::EMPTY_DICT)
+            .put(1)
+            .op(op::MARK)
+            .short_str(b"sent_ids")
+            .put(2)
+            .op(op::EMPTY_LIST)
+            .op(op::MARK)
+            .int1(0)
+            .int2(300)
+            .op(op::APPENDS)
+            .short_str(b"file_name")
+            .put(3)
+            .binstr(b"COCO_train2014_000000000001_7.jpg")
+            .short_str(b"ann_id")
+            .put(4)
+            .int4(1_000_000)
+            .short_str(b"split")
+            .put(5)
+            .short_str(b"val")
+            .put(6)
+            .short_str(b"sentences")
+            .put(7)
+            .op(op::EMPTY_LIST)
+            .op(op::MARK);
+        let p = sentence(p, "the man", 0);
+        let p = sentence(p, "caf\u{e9} \u{1F600}", 300);
+        p.op(op::APPENDS)
+            .op(op::SETITEMS)
+            // ref 1: memoised keys, Latin-1 bytes, the other scalar kinds
+            .op(op::EMPTY_DICT)
+            .op(op::MARK)
+            .get(2)
+            .op(op::EMPTY_TUPLE)
+            .get(3)
+            .short_str(b"caf\xe9.jpg")
+            .get(4)
+            .int4(-5)
+            .get(5)
+            .get(6)
+            .get(7)
+            .op(op::EMPTY_LIST)
+            .short_uni("score")
+            .float(0.25)
+            .short_uni("none")
+            .op(op::NONE)
+            .short_uni("flags")
+            .op(op::NEWTRUE)
+            .op(op::NEWFALSE)
+            .op(op::TUPLE2)
+            .short_uni("t1")
+            .int1(1)
+            .op(op::TUPLE1)
+            .short_uni("t3")
+            .int1(1)
+            .int1(2)
+            .int1(3)
+            .op(op::TUPLE3)
+            .short_uni("tn")
+            .op(op::MARK)
+            .int1(4)
+            .op(op::NONE)
+            .op(op::TUPLE)
+            .op(op::SETITEMS)
+            .op(op::APPENDS)
+            .op(op::STOP)
+    }
+
+    fn refs_json() -> Json {
+        let sentence = |text: &str, id: i64| json!({"tokens": ["the", "man"], "raw": text, "sent": text, "sent_id": id});
+        json!([
+            {"sent_ids": [0, 300], "file_name": "COCO_train2014_000000000001_7.jpg",
+             "ann_id": 1_000_000, "split": "val",
+             "sentences": [sentence("the man", 0), sentence("caf\u{e9} \u{1F600}", 300)]},
+            {"sent_ids": [], "file_name": "caf\u{e9}.jpg", "ann_id": -5, "split": "val",
+             "sentences": [], "score": 0.25, "none": null, "flags": [true, false],
+             "t1": [1], "t3": [1, 2, 3], "tn": [4, null]}
+        ])
+    }
+
+    #[test]
+    fn protocol_2_plain_data_reads_as_json() {
+        assert_eq!(refs_pickle().parse().unwrap(), refs_json());
+        // LONG1, BINBYTES and an int dict key.
+        let p = P::proto2()
+            .op(op::EMPTY_DICT)
+            .int1(7)
+            .op(op::LONG1)
+            .raw(&[5, 0, 0, 0, 0, 0x80])
+            .op(op::SETITEM)
+            .short_uni("b")
+            .op(op::SHORT_BINBYTES)
+            .raw(&[2, b'h', b'i'])
+            .op(op::SETITEM)
+            .op(op::STOP);
+        assert_eq!(p.parse().unwrap(), json!({"7": -(1i64 << 39), "b": "hi"}));
+    }
+
+    #[test]
+    fn protocol_0_text_opcodes_read_as_json() {
+        // What Python 2's pickle.dumps([{'sent': "it's", u'raw': u'caf\xe9\\', 'n': 12L,
+        // 'ok': True, 'f': 0.5, 'neg': -3, 'b': "\x00\xe9"}], 0) writes (keys reordered).
+        let text: &[u8] = b"(lp0\n(dp1\nS'sent'\np2\nS\"it's\"\np3\nsVraw\np4\nVcaf\xe9\\u005c\np5\nsS'n'\np6\nL12L\nsS'ok'\np7\nI01\nsS'f'\np8\nF0.5\nsS'neg'\np9\nI-3\nsS'b'\np10\nS'\\x00\\xe9'\np11\nsg2\ng3\nsa.";
+        let v = parse_plain_pickle("t.p", text).unwrap();
+        assert_eq!(
+            v,
+            json!([{"sent": "it's", "raw": "caf\u{e9}\\", "n": 12, "ok": true, "f": 0.5,
+                    "neg": -3, "b": "\u{0}\u{e9}"}])
+        );
+        assert_eq!(
+            raw_unicode_escape(b"a\\ud83d\\ude00\\\\u0041\\ud800").unwrap(),
+            "a\u{1F600}\\\\u0041\u{FFFD}"
+        );
+        assert_eq!(
+            py2_string_literal(b"'a\\'b\\n\\101\\q'").unwrap(),
+            b"a'b\nA\\q"
+        );
+    }
+
+    fn err_text(r: Result<Json>) -> String {
+        let e = r.expect_err("must be refused").to_string();
+        assert_eq!(e.lines().count(), 1, "one line: {e}");
+        e
+    }
+
+    #[test]
+    fn globals_calls_and_persistent_ids_are_refused() {
+        let global = P::proto2()
+            .op(op::GLOBAL)
+            .raw(b"os\nsystem\n")
+            .short_uni("echo hi")
+            .op(op::TUPLE1)
+            .op(op::REDUCE)
+            .op(op::STOP);
+        let e = err_text(global.parse());
+        assert!(
+            e.starts_with("refs(test).p: invalid pickle at byte 2"),
+            "{e}"
+        );
+        assert!(
+            e.contains("`os.system`") && e.contains("may reference no global"),
+            "{e}"
+        );
+        // Even the globals the torch mode allows.
+        let od = P::proto2()
+            .op(op::GLOBAL)
+            .raw(b"collections\nOrderedDict\n")
+            .op(op::EMPTY_TUPLE)
+            .op(op::REDUCE)
+            .op(op::STOP);
+        assert!(err_text(od.parse()).contains("`collections.OrderedDict`"));
+        let stack_global = P::proto2()
+            .short_uni("builtins")
+            .short_uni("eval")
+            .op(op::STACK_GLOBAL)
+            .op(op::STOP);
+        assert!(err_text(stack_global.parse()).contains("`builtins.eval`"));
+        for code in [op::REDUCE, op::NEWOBJ, op::BUILD, op::BINPERSID] {
+            let p = P::proto2().op(op::NONE).op(op::NONE).op(code).op(op::STOP);
+            assert!(err_text(p.parse()).contains("no global"), "{code:#x}");
+        }
+    }
+
+    #[test]
+    fn malformed_pickles_are_one_line_errors() {
+        let good = refs_pickle().0;
+        // Every truncation.
+        for len in 0..good.len() {
+            let e = err_text(parse_plain_pickle("refs(test).p", &good[..len]));
+            assert!(e.starts_with("refs(test).p: "), "{e}");
+        }
+        // Every single-byte corruption: an error or a value, never a panic.
+        for i in 0..good.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut m = good.clone();
+                m[i] ^= flip;
+                let _ = parse_plain_pickle("m", &m);
+            }
+        }
+        let cases: Vec<(P, &str)> = vec![
+            (
+                P::proto2()
+                    .op(op::EMPTY_LIST)
+                    .put(0)
+                    .get(0)
+                    .op(op::APPEND)
+                    .op(op::STOP),
+                "a list contains itself",
+            ),
+            (
+                P::proto2().get(3).op(op::STOP),
+                "memo entry 3 was never stored",
+            ),
+            (
+                P::proto2()
+                    .op(op::EMPTY_DICT)
+                    .op(op::MARK)
+                    .int1(1)
+                    .op(op::SETITEMS)
+                    .op(op::STOP),
+                "odd number of items",
+            ),
+            (
+                P::proto2()
+                    .op(op::EMPTY_DICT)
+                    .op(op::EMPTY_TUPLE)
+                    .op(op::NONE)
+                    .op(op::SETITEM)
+                    .op(op::STOP),
+                "a dict key is a tuple",
+            ),
+            (
+                P::proto2().op(b'i').op(op::STOP),
+                "unsupported pickle opcode 0x69",
+            ),
+            (
+                P::proto2().op(op::INT).raw(b"12x\n").op(op::STOP),
+                "INT argument `12x`",
+            ),
+            (
+                P::proto2().op(op::STRING).raw(b"abc\n").op(op::STOP),
+                "not a quoted string",
+            ),
+            (P::proto2().op(op::APPEND).op(op::STOP), "stack underflow"),
+            (
+                P::proto2().int1(1).op(op::APPEND).op(op::STOP),
+                "stack underflow",
+            ),
+            (
+                P::proto2().int1(1).int1(2).op(op::APPEND).op(op::STOP),
+                "APPEND(S) on a int",
+            ),
+        ];
+        for (i, (p, want)) in cases.into_iter().enumerate() {
+            let e = err_text(p.parse());
+            assert!(e.contains(want), "case {i}: {e}");
+        }
+        // 200 nested lists.
+        let mut deep = P::proto2();
+        for _ in 0..200 {
+            deep = deep.op(op::EMPTY_LIST);
+        }
+        for _ in 0..199 {
+            deep = deep.op(op::APPEND);
+        }
+        let e = err_text(deep.op(op::STOP).parse());
+        assert!(e.contains("nested deeper than 100"), "{e}");
+        // 60 levels of [x, x] through the memo: 2^60 copies from a few hundred bytes.
+        let mut bomb = P::proto2().op(op::NONE);
+        for _ in 0..60 {
+            bomb = bomb.put(0).op(op::MARK).get(0).get(0).op(op::LIST);
+        }
+        let e = err_text(bomb.op(op::STOP).parse());
+        assert!(e.contains("expand to more values"), "{e}");
+        // A 10 KB string referenced 10,000 times.
+        let mut strings = P::proto2()
+            .uni(&"x".repeat(10_000))
+            .put(0)
+            .op(op::EMPTY_LIST)
+            .op(op::MARK);
+        for _ in 0..10_000 {
+            strings = strings.get(0);
+        }
+        let e = err_text(strings.op(op::APPENDS).op(op::STOP).parse());
+        assert!(e.contains("expand to more bytes"), "{e}");
+        // The same through a dict key.
+        let mut keys = P::proto2()
+            .op(op::EMPTY_DICT)
+            .uni(&"k".repeat(10_000))
+            .op(op::NONE)
+            .op(op::SETITEM)
+            .put(0)
+            .op(op::EMPTY_LIST)
+            .op(op::MARK);
+        for _ in 0..10_000 {
+            keys = keys.get(0);
+        }
+        let e = err_text(keys.op(op::APPENDS).op(op::STOP).parse());
+        assert!(e.contains("expand to more bytes"), "{e}");
+    }
+
+    #[test]
+    fn read_plain_pickle_names_the_file() {
+        let dir = std::env::temp_dir().join(format!("pixellm-plain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("refs(unc).p");
+        std::fs::write(&path, &refs_pickle().0).unwrap();
+        assert_eq!(read_plain_pickle(&path).unwrap(), refs_json());
+        // The writer's pickles read back to the same JSON.
+        let v = json!([{"a": [1, 300, 70000, -2, 1i64 << 40, 0.5, null, true, false],
+                        "long": "y".repeat(300), "é": {"t": "caf\u{e9}"}}]);
+        let written = write_plain_pickle(&v);
+        assert_eq!(parse_plain_pickle("w", &written).unwrap(), v);
+        std::fs::write(dir.join("written.p"), &written).unwrap();
+        let e = read_plain_pickle(&dir.join("missing.p"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.p"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
