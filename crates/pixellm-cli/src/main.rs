@@ -235,6 +235,7 @@ pub(crate) fn load_model(
                 }
                 progress::note(&format!("{name}: {ms:.0} ms"));
             }
+            Progress::Warning(w) => eprintln!("warning: {w}"),
             Progress::Bytes { done, total } => {
                 if let Some(b) = bar.as_mut() {
                     b.set_total(total / 1_000_000);

@@ -8,11 +8,7 @@ use std::collections::BTreeMap;
 
 use burn::tensor::{DType, Device};
 use js_sys::{Array, Function, Object, Reflect, Uint8Array};
-use pixellm::config::{ClipVisionConfig, PixelLmConfig};
 use pixellm::image::{decode_image, mask_png, overlay_png};
-use pixellm::model::PixelLmModel;
-use pixellm::tokenizer::Tokenizer;
-use pixellm::weights::WeightFiles;
 use pixellm::{PixelLm, SegmentRequest};
 use wasm_bindgen::prelude::*;
 
@@ -40,32 +36,6 @@ fn files(obj: &Object) -> Result<BTreeMap<String, Vec<u8>>, JsError> {
         out.insert(name, bytes);
     }
     Ok(out)
-}
-
-fn weight_files(files: &mut BTreeMap<String, Vec<u8>>, what: &str) -> Result<WeightFiles, JsError> {
-    let names: Vec<String> = files
-        .keys()
-        .filter(|n| n.ends_with(".safetensors") || n.ends_with(".bin") || n.ends_with(".gguf"))
-        .cloned()
-        .collect();
-    if names.is_empty() {
-        return Err(js_err(format!(
-            "{what}: no weights (*.safetensors or pytorch_model-*.bin) among the files"
-        )));
-    }
-    let mut weights = WeightFiles::new();
-    for name in names {
-        let bytes = files.remove(&name).expect("listed above");
-        weights.extend(WeightFiles::from_bytes(&name, bytes).map_err(js_err)?);
-    }
-    Ok(weights)
-}
-
-fn take(files: &BTreeMap<String, Vec<u8>>, name: &str, what: &str) -> Result<Vec<u8>, JsError> {
-    files
-        .get(name)
-        .cloned()
-        .ok_or_else(|| js_err(format!("{what}: `{name}` is missing")))
 }
 
 /// Creates the device: WebGPU when asked for and available, else the CPU backend.
@@ -113,27 +83,8 @@ impl WebPixelLm {
         on_progress: Function,
     ) -> Result<WebPixelLm, JsError> {
         console_hook();
-        let mut model_files = files(&model_files)?;
-        let mut clip_files = files(&clip_files)?;
-        let config =
-            PixelLmConfig::from_bytes(&take(&model_files, "config.json", "model")?, "config.json")
-                .map_err(js_err)?;
-        let clip_config = ClipVisionConfig::from_bytes(
-            &take(&clip_files, "config.json", "vision tower")?,
-            "vision tower config.json",
-        )
-        .map_err(js_err)?;
-        let tokenizer = Tokenizer::from_bytes(
-            model_files
-                .get("tokenizer.model")
-                .map(Vec::as_slice)
-                .unwrap_or(&[]),
-            model_files.get("tokenizer.json").map(Vec::as_slice),
-            model_files.get("added_tokens.json").map(Vec::as_slice),
-        )
-        .map_err(js_err)?;
-        let weights = weight_files(&mut model_files, "model")?;
-        let clip_weights = weight_files(&mut clip_files, "vision tower")?;
+        let model_files = files(&model_files)?;
+        let clip_files = files(&clip_files)?;
         let (device, backend) = device(prefer_webgpu).await;
         let mut progress = |done: u64, total: u64| {
             let _ = on_progress.call2(
@@ -142,20 +93,17 @@ impl WebPixelLm {
                 &(total as f64).into(),
             );
         };
-        let model = PixelLmModel::load(
-            &config,
-            &clip_config,
-            &weights,
-            &clip_weights,
+        // The same loader as the native programs' built-in model: one code path from
+        // in-memory files to a model.
+        let model = PixelLm::from_memory(
+            &model_files,
+            &clip_files,
             &device,
             DType::F32,
             &mut progress,
         )
         .map_err(js_err)?;
-        Ok(WebPixelLm {
-            model: PixelLm::new(model, tokenizer).map_err(js_err)?,
-            backend,
-        })
+        Ok(WebPixelLm { model, backend })
     }
 
     /// The backend in use: "WebGPU (adapter name)" or "CPU (no WebGPU)".
@@ -193,68 +141,27 @@ impl WebPixelLm {
             .await
             .map_err(js_err)?;
         let (h, w) = seg.size;
-        let names = pixellm::pipeline::target_names(&seg.text, seg.targets.len());
-        let targets = Array::new();
-        for (t, name) in seg.targets.iter().zip(names) {
-            let o = Object::new();
-            set(&o, "index", (t.index as f64).into());
-            set(&o, "name", name.into());
-            set(&o, "score", (t.score as f64).into());
-            set(&o, "area", (t.area as f64).into());
-            set(
-                &o,
-                "bbox",
-                match t.bbox {
-                    Some(b) => b
-                        .iter()
-                        .map(|&v| JsValue::from(v as f64))
-                        .collect::<Array>()
-                        .into(),
-                    None => JsValue::NULL,
-                },
-            );
+        // The library's result JSON (as the CLI's result.json and the server), plus the PNG
+        // bytes the page displays and offers for download.
+        let doc = pixellm::output::result_json(&seg, &self.backend, "f32", None);
+        let out: Object = js_sys::JSON::parse(&doc.to_string())
+            .map_err(|_| js_err("result JSON did not parse"))?
+            .into();
+        let targets = Array::from(&Reflect::get(&out, &"targets".into()).unwrap_or_default());
+        for (i, t) in seg.targets.iter().enumerate() {
+            let o: Object = targets.get(i as u32).into();
             set(
                 &o,
                 "mask_png",
                 Uint8Array::from(mask_png(seg.mask(t.index), w, h).as_slice()).into(),
             );
-            targets.push(&o);
         }
         let masks: Vec<&[f32]> = (0..seg.targets.len()).map(|i| seg.mask(i)).collect();
-        let out = Object::new();
-        set(&out, "text", seg.text.clone().into());
-        set(
-            &out,
-            "token_ids",
-            seg.token_ids
-                .iter()
-                .map(|&i| JsValue::from(i as f64))
-                .collect::<Array>()
-                .into(),
-        );
-        set(&out, "width", (w as f64).into());
-        set(&out, "height", (h as f64).into());
-        set(&out, "targets", targets.into());
         set(
             &out,
             "overlay_png",
             Uint8Array::from(overlay_png(&image, &masks).as_slice()).into(),
         );
-        let timings = Object::new();
-        for (k, v) in &seg.timings_ms {
-            set(&timings, k, (*v).into());
-        }
-        set(&out, "timings_ms", timings.into());
-        set(
-            &out,
-            "warnings",
-            seg.warnings
-                .iter()
-                .map(|w| JsValue::from(w.as_str()))
-                .collect::<Array>()
-                .into(),
-        );
-        set(&out, "backend", self.backend.clone().into());
         Ok(out.into())
     }
 }

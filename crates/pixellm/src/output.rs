@@ -103,7 +103,7 @@ fn previous_files(dir: &Path, manifest: &str) -> Result<Option<Vec<String>>> {
     if !ours(&doc) {
         return Err(foreign());
     }
-    let files = doc
+    let files: Vec<String> = doc
         .get("files")
         .and_then(Value::as_array)
         .map(|a| {
@@ -112,7 +112,7 @@ fn previous_files(dir: &Path, manifest: &str) -> Result<Option<Vec<String>>> {
                 .map(String::from)
                 .collect()
         })
-        .unwrap_or_else(Vec::new);
+        .unwrap_or_default();
     let mut listed = Vec::new();
     for f in files {
         // A listed name that is not a plain file name is never acted on.

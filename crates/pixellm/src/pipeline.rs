@@ -32,6 +32,8 @@ pub enum Progress {
         /// Bytes in the opened files.
         total: u64,
     },
+    /// Something worth a `warning:` line (e.g. checkpoint tensors the model never read).
+    Warning(String),
 }
 
 /// A loaded PixelLM: weights on a device plus its tokenizer.
@@ -197,6 +199,17 @@ impl PixelLm {
             &mut |done, total| progress(Progress::Bytes { done, total }),
         )?;
         progress(Progress::Done("load weights".into(), ms_since(t)));
+        let unused = model.unused_tensors();
+        if !unused.is_empty() {
+            const SHOWN: usize = 5;
+            let more = unused.len().saturating_sub(SHOWN);
+            progress(Progress::Warning(format!(
+                "{} checkpoint tensor(s) were never used ({}{}): is the checkpoint for another architecture or config.json?",
+                unused.len(),
+                unused[..unused.len().min(SHOWN)].join(", "),
+                if more > 0 { format!(", … {more} more") } else { String::new() }
+            )));
+        }
         Self::new(model, tokenizer)
     }
 

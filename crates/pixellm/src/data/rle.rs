@@ -340,7 +340,7 @@ mod tests {
             s ^= s << 13;
             s ^= s >> 7;
             s ^= s << 17;
-            *v = (s % 3 == 0) as u8;
+            *v = s.is_multiple_of(3) as u8;
         }
         m
     }

@@ -14,7 +14,7 @@
 //! A CPU kernel hands its inputs back when it does not apply (another backend or dtype, an
 //! autodiff tensor, a shape it does not take) and the router then runs Burn's op, so every
 //! other backend and dtype keeps one code path. Autodiff tensors (training) never enter the
-//! CPU kernels ([`on_cpu`]).
+//! CPU kernels (see `on_cpu`).
 //!
 //! Also here, because the router itself needs them: [`to_f32`]/[`from_f32`] and
 //! [`upload`] (host values to a device in a dtype), which the model uses through

@@ -69,3 +69,35 @@ impl Codebook {
             .reshape([n, self.scales, d])
     }
 }
+
+#[cfg(all(test, feature = "cpu", not(target_family = "wasm")))]
+mod tests {
+    use burn::tensor::{DType, Device, Tensor, TensorData};
+
+    use super::*;
+
+    #[test]
+    fn fuse_groups_by_order_and_scale_with_weight_one_sixth() {
+        let device = Device::flex();
+        let p = Params::random(&device, DType::F32);
+        // 2 tokens per scale, 3 scales: [SEG0..5] per target; two targets; out_dim 2.
+        let cb = Codebook::load(&p, 4, 2, 2, 3).unwrap();
+        assert_eq!(cb.tokens_per_target(), 6);
+        let rows: Vec<f32> = (0..12).flat_map(|k| [k as f32, 100.0 + k as f32]).collect();
+        let x = Tensor::<2>::from_data(TensorData::new(rows, [12, 2]), &device);
+        let got: Vec<f32> = cb.fuse(x).into_data().try_to_vec::<f32>().unwrap();
+        // Target t, scale s fuses rows 6t + 2s and 6t + 2s + 1.
+        let mut want = Vec::new();
+        for t in 0..2 {
+            for s in 0..3 {
+                let (a, b) = ((6 * t + 2 * s) as f32, (6 * t + 2 * s + 1) as f32);
+                want.push((a + b) / 6.0);
+                want.push((200.0 + a + b) / 6.0);
+            }
+        }
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-5, "{got:?} vs {want:?}");
+        }
+    }
+}

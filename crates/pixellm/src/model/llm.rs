@@ -310,3 +310,138 @@ impl Llama {
         self.lm_head.forward(h)
     }
 }
+
+#[cfg(all(test, feature = "cpu", not(target_family = "wasm")))]
+mod tests {
+    use burn::tensor::{DType, Device, Tensor, TensorData};
+
+    use super::*;
+
+    fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    fn config() -> LlamaConfig {
+        LlamaConfig {
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            vocab_size: 40,
+            max_position_embeddings: 64,
+            tie_word_embeddings: false,
+        }
+    }
+
+    #[test]
+    fn rope_rotates_each_half_pair_by_position_times_frequency() {
+        let device = Device::flex();
+        let p = Params::random(&device, DType::F32);
+        let (d, theta) = (8usize, 10000.0f64);
+        let rope = Rope::new(&p, d, theta, 16);
+        let x: Vec<f32> = (0..2 * d).map(|i| (i as f32 * 0.37).sin()).collect();
+        let t = Tensor::<4>::from_data(TensorData::new(x.clone(), [1, 1, 2, d]), &device);
+        let got = host(rope.apply(t, 5));
+        // NeoX layout: (x_i, x_{i + d/2}) rotate by angle pos / θ^(2i/d), in f64.
+        for row in 0..2 {
+            let pos = (5 + row) as f64;
+            for i in 0..d / 2 {
+                let a = pos / theta.powf(2.0 * i as f64 / d as f64);
+                let (x1, x2) = (x[row * d + i] as f64, x[row * d + i + d / 2] as f64);
+                let want = [x1 * a.cos() - x2 * a.sin(), x2 * a.cos() + x1 * a.sin()];
+                let have = [got[row * d + i] as f64, got[row * d + i + d / 2] as f64];
+                for (w, h) in want.iter().zip(have) {
+                    assert!((w - h).abs() < 1e-5, "row {row} pair {i}: {h} vs {w}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rope_scores_depend_only_on_relative_position() {
+        let device = Device::flex();
+        let p = Params::random(&device, DType::F32);
+        let d = 8;
+        let rope = Rope::new(&p, d, 10000.0, 32);
+        let vec = |seed: f32| {
+            let v: Vec<f32> = (0..d).map(|i| (i as f32 * seed).cos()).collect();
+            Tensor::<4>::from_data(TensorData::new(v, [1, 1, 1, d]), &device)
+        };
+        let score = |m: usize, n: usize| {
+            let q = host(rope.apply(vec(0.7), m));
+            let k = host(rope.apply(vec(1.3), n));
+            q.iter().zip(&k).map(|(a, b)| a * b).sum::<f32>()
+        };
+        assert!((score(3, 1) - score(12, 10)).abs() < 1e-4);
+        assert!((score(0, 0) - score(20, 20)).abs() < 1e-4);
+        assert!(
+            (score(3, 1) - score(3, 2)).abs() > 1e-3,
+            "positions must matter"
+        );
+    }
+
+    #[test]
+    fn kv_cache_prefill_then_decode_equals_one_pass_and_reset_reuses_it() {
+        let device = Device::flex();
+        let c = config();
+        let p = Params::random(&device, DType::F32);
+        let llm = Llama::load(&p, &c).unwrap();
+        let ids = [3i64, 17, 5, 29, 11, 2];
+        let whole = {
+            let mut cache = KvCache::new(&c, 8, &[], &device, DType::F32).unwrap();
+            host(llm.forward(llm.embed(&ids, &device), &mut cache).unwrap())
+        };
+        let mut cache = KvCache::new(&c, 8, &[], &device, DType::F32).unwrap();
+        let mut pieces = Vec::new();
+        for _ in 0..2 {
+            pieces.clear();
+            pieces.extend(host(
+                llm.forward(llm.embed(&ids[..4], &device), &mut cache)
+                    .unwrap(),
+            ));
+            for id in &ids[4..] {
+                pieces.extend(host(
+                    llm.forward(llm.embed(&[*id], &device), &mut cache).unwrap(),
+                ));
+            }
+            assert_eq!(cache.len(), 6);
+            assert_eq!(cache.remaining(), 2);
+            for (i, (a, b)) in whole.iter().zip(&pieces).enumerate() {
+                assert!((a - b).abs() < 1e-4, "element {i}: {a} vs {b}");
+            }
+            // A reused cache holds stale keys past `len`; they must never be read.
+            cache.reset();
+            assert!(cache.is_empty());
+        }
+        // Past the capacity: an error, not a panic.
+        let err = llm
+            .forward(llm.embed(&[1; 9], &device), &mut cache)
+            .unwrap_err();
+        assert!(err.to_string().contains("capacity"), "{err}");
+    }
+
+    #[test]
+    fn kv_cache_key_padding_hides_positions() {
+        let device = Device::flex();
+        let c = config();
+        let p = Params::random(&device, DType::F32);
+        let llm = Llama::load(&p, &c).unwrap();
+        let last = |ids: &[i64], padding: &[bool]| {
+            let mut cache = KvCache::new(&c, 8, padding, &device, DType::F32).unwrap();
+            let h = host(llm.forward(llm.embed(ids, &device), &mut cache).unwrap());
+            h[h.len() - c.hidden_size..].to_vec()
+        };
+        // Position 1 hidden: what token sits there cannot change the last state.
+        let pad = [false, true];
+        let a = last(&[4, 9, 7], &pad);
+        let b = last(&[4, 30, 7], &pad);
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-5);
+        }
+        let open = last(&[4, 30, 7], &[]);
+        assert!(a.iter().zip(&open).any(|(x, y)| (x - y).abs() > 1e-4));
+    }
+}

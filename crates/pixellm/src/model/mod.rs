@@ -30,8 +30,9 @@ use projector::{Activation, TwoLayerMlp};
 use prompt_encoder::PromptEncoder;
 use vision::{VisionOutput, VisionTower};
 
-/// The id PixelLM/LLaVA splices the image features at (`IMAGE_TOKEN_INDEX`).
-pub const IMAGE_TOKEN_INDEX: i64 = -200;
+/// The id PixelLM/LLaVA splices the image features at (defined once, with the tokenizer
+/// that produces it).
+pub use crate::tokenizer::IMAGE_TOKEN_INDEX;
 
 /// PixelLM weights on one device.
 #[derive(Debug, Clone)]
@@ -48,6 +49,41 @@ pub struct PixelLmModel {
     mask_decoder: MaskDecoderMultiScale,
     device: Device,
     dtype: DType,
+    /// Checkpoint tensors the model never read, less the documented ones (`docs/model.md`
+    /// §15.25): a sign of a checkpoint for another architecture or configuration.
+    unused_tensors: Vec<String>,
+}
+
+/// Whether an unread checkpoint tensor is one the released checkpoints are known to carry
+/// unused (`docs/model.md` §15.25, §8): RoPE buffers, SAM's point/box/mask prompt encoder,
+/// the IoU head, the hypernetworks of SAM's unused multimask outputs, and the parts of a full CLIP checkpoint LLaVA never runs (its text model,
+/// projections, post-layernorm and the layers after the selected one).
+fn documented_unused(name: &str, clip_layers_used: usize) -> bool {
+    const PARTS: [&str; 11] = [
+        "rotary_emb.inv_freq",
+        "prompt_encoder.point_embeddings",
+        "prompt_encoder.not_a_point_embed",
+        "prompt_encoder.mask_downscaling",
+        "iou_prediction_head",
+        "text_model.",
+        "text_projection",
+        "visual_projection",
+        "logit_scale",
+        "post_layernorm",
+        "position_ids",
+    ];
+    if PARTS.iter().any(|p| name.contains(p)) {
+        return true;
+    }
+    // SAM's hypernetwork MLPs of the multimask outputs 1..3: PixelLM reads mask 0 only.
+    if let Some(rest) = name.split("output_hypernetworks_mlps.").nth(1) {
+        return !rest.starts_with("0.");
+    }
+    // `vision_model.encoder.layers.{i}.*` past the feature layer LLaVA reads.
+    name.strip_prefix("vision_model.encoder.layers.")
+        .and_then(|rest| rest.split('.').next())
+        .and_then(|i| i.parse::<usize>().ok())
+        .is_some_and(|i| i >= clip_layers_used)
 }
 
 /// Everything derived from the image alone: computed once per image, reused for every
@@ -108,13 +144,26 @@ impl PixelLmModel {
     ) -> Result<Self> {
         let monitor =
             params::LoadMonitor::new(weights.total_bytes() + clip_weights.total_bytes(), progress);
-        Self::build(
+        let mut model = Self::build(
             config,
             clip_config,
             &Params::new(weights, device, dtype).with_monitor(&monitor),
             &Params::new(clip_weights, device, dtype).with_monitor(&monitor),
         )
-        .map_err(|e| with_config_hint(e, config))
+        .map_err(|e| with_config_hint(e, config))?;
+        let clip_layers = model.vision.layers_used();
+        let mut unused = monitor.unused(weights);
+        unused.extend(monitor.unused(clip_weights));
+        unused.retain(|n| !documented_unused(n, clip_layers));
+        model.unused_tensors = unused;
+        Ok(model)
+    }
+
+    /// Checkpoint tensors this model never read, less those the released checkpoints are
+    /// known to carry unused (`docs/model.md` §15.25). Non-empty for a checkpoint of
+    /// another architecture or configuration: worth a warning.
+    pub fn unused_tensors(&self) -> &[String] {
+        &self.unused_tensors
     }
 
     /// Builds the model from parameter views (the checkpoint root and the CLIP root):
@@ -193,6 +242,7 @@ impl PixelLmModel {
             clip_config: clip_config.clone(),
             device: device.clone(),
             dtype,
+            unused_tensors: Vec::new(),
         })
     }
 
@@ -442,5 +492,72 @@ fn with_config_hint(e: Error, config: &PixelLmConfig) -> Error {
             Error::Tensor { file, name, msg }
         }
         e => e,
+    }
+}
+
+#[cfg(all(test, feature = "cpu", not(target_family = "wasm")))]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn documented_unused_names_are_not_reported() {
+        for name in [
+            "model.layers.3.self_attn.rotary_emb.inv_freq",
+            "model.prompt_encoder.point_embeddings.0.weight",
+            "model.mask_decoder.output_hypernetworks_mlps.2.layers.0.weight",
+            "vision_model.encoder.layers.23.mlp.fc1.weight",
+            "vision_model.post_layernorm.weight",
+            "text_model.embeddings.token_embedding.weight",
+        ] {
+            assert!(documented_unused(name, 23), "{name}");
+        }
+        for name in [
+            "model.mask_decoder.output_hypernetworks_mlps.0.layers.0.weight",
+            "vision_model.encoder.layers.22.mlp.fc1.weight",
+            "model.extra_head.weight",
+            "model.layers.0.self_attn.q_proj.weight",
+        ] {
+            assert!(!documented_unused(name, 23), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_tensor_nothing_reads_is_reported_and_the_kit_has_none() {
+        let kit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/conformance");
+        let config = PixelLmConfig::from_file(&kit.join("checkpoint/config.json")).unwrap();
+        let clip_dir = kit.join("clip-vit-tiny-patch14-336");
+        let clip_config = ClipVisionConfig::from_file(&clip_dir.join("config.json")).unwrap();
+        let clip = WeightFiles::open_dir(&clip_dir).unwrap();
+        let device = Device::flex();
+        let load = |weights: &WeightFiles| {
+            PixelLmModel::load(
+                &config,
+                &clip_config,
+                weights,
+                &clip,
+                &device,
+                DType::F32,
+                &mut |_, _| {},
+            )
+            .unwrap()
+        };
+        let mut weights = WeightFiles::open_dir(&kit.join("checkpoint")).unwrap();
+        assert_eq!(load(&weights).unused_tensors(), &[] as &[String]);
+        let extra = safetensors::serialize(
+            [(
+                "model.extra_head.weight",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2], &[0u8; 8])
+                    .unwrap(),
+            )],
+            None,
+        )
+        .unwrap();
+        weights.extend(WeightFiles::from_bytes("extra.safetensors", extra).unwrap());
+        assert_eq!(
+            load(&weights).unused_tensors(),
+            &["model.extra_head.weight"]
+        );
     }
 }

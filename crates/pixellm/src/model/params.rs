@@ -5,7 +5,7 @@
 //! table exists anywhere, and every failure names the tensor, the file and the shape.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use burn::tensor::{DType, Device, Distribution, Tensor};
 
@@ -21,6 +21,8 @@ pub struct LoadMonitor<'a> {
     done: Cell<u64>,
     total: u64,
     report: RefCell<&'a mut dyn FnMut(u64, u64)>,
+    /// Checkpoint keys read so far (to report the ones never used).
+    used: RefCell<HashSet<String>>,
 }
 
 impl<'a> LoadMonitor<'a> {
@@ -30,10 +32,22 @@ impl<'a> LoadMonitor<'a> {
             done: Cell::new(0),
             total,
             report: RefCell::new(report),
+            used: RefCell::new(HashSet::new()),
         }
     }
 
-    fn add(&self, bytes: u64) {
+    /// The tensors of `files` that nothing read, sorted.
+    pub fn unused(&self, files: &WeightFiles) -> Vec<String> {
+        let used = self.used.borrow();
+        files
+            .names()
+            .into_iter()
+            .filter(|n| !used.contains(n))
+            .collect()
+    }
+
+    fn add(&self, key: &str, bytes: u64) {
+        self.used.borrow_mut().insert(key.to_string());
         let done = (self.done.get() + bytes).min(self.total);
         self.done.set(done);
         (self.report.borrow_mut())(done, self.total);
@@ -187,7 +201,7 @@ impl<'a> Params<'a> {
         };
         let values = files.read_f32(&key, shape)?;
         if let Some(m) = self.monitor {
-            m.add(files.stored_bytes(&key));
+            m.add(&key, files.stored_bytes(&key));
         }
         Ok(values)
     }

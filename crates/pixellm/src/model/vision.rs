@@ -91,6 +91,11 @@ pub struct VisionTower {
 }
 
 impl VisionTower {
+    /// Encoder blocks run (and read from the checkpoint): those up to `hidden_states[-2]`.
+    pub fn layers_used(&self) -> usize {
+        self.layers.len()
+    }
+
     /// Loads `vision_model.*` from a CLIP checkpoint and resizes its position embedding so
     /// that `image_size` pixels give `(image_size / patch)²` patches.
     pub fn load(p: &Params, c: &ClipVisionConfig, image_size: usize) -> Result<Self> {
