@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the browser demo into web/dist/: the wasm module (crates/pixellm-web, profile
-# `web`), its wasm-bindgen JS glue, the page, and the bundled tiny test model.
+# `web`), its wasm-bindgen JS glue, the page, and the bundled models: pixellm-shapes (the
+# default) and the conformance kit's tiny test model.
 #
 #   scripts/build-web.sh            # then: scripts/serve-web.sh
 #
@@ -52,6 +53,18 @@ node -e '
 const c = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
 console.log(JSON.stringify({ question: c.question, answer: c.teacher_forced.answer }));
 ' "$case/case.json" > "$dist.tmp/models/tiny/example.json"
+
+# The default model: pixellm-shapes (models/pixellm-shapes, trained by this project) and
+# its example image.
+shapes="models/pixellm-shapes"
+mkdir -p "$dist.tmp/models/shapes/model" "$dist.tmp/models/shapes/clip"
+shapes_files=(config.json tokenizer.model added_tokens.json tokenizer_config.json special_tokens_map.json model.safetensors)
+for f in "${shapes_files[@]}"; do cp "$shapes/$f" "$dist.tmp/models/shapes/model/"; done
+manifest "$dist.tmp/models/shapes/model" "${shapes_files[@]}"
+for f in "${clip_files[@]}"; do cp "$shapes/vision_tower/$f" "$dist.tmp/models/shapes/clip/"; done
+manifest "$dist.tmp/models/shapes/clip" "${clip_files[@]}"
+cp examples/shapes.png "$dist.tmp/models/shapes/example.png"
+printf '{"question": "Please segment the red circle and the blue star."}\n' > "$dist.tmp/models/shapes/example.json"
 
 rm -rf "$dist"
 mv "$dist.tmp" "$dist"

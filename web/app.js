@@ -1,4 +1,4 @@
-// PixelLM demo page: load a model (bundled tiny one, a URL, or local folders), segment an
+// PixelLM demo page: load a model (a bundled one, a URL, or local folders), segment an
 // image, show the streamed answer and every target mask over the image.
 //
 // Plain ES module, no build step. The wasm module (./pkg/pixellm_web.js, wasm-bindgen
@@ -33,7 +33,12 @@ const PALETTE = [
   [0, 128, 128], [220, 190, 255], [170, 110, 40], [255, 250, 200], [128, 0, 0],
   [170, 255, 195], [128, 128, 0], [255, 215, 180], [0, 0, 128], [128, 128, 128],
 ];
-const TINY = new URL('./models/tiny/', location.href);
+// The bundled models (scripts/build-web.sh): each folder holds model/, clip/ and
+// optionally an example (example.png + example.json).
+const BUNDLED = {
+  shapes: new URL('./models/shapes/', location.href),
+  tiny: new URL('./models/tiny/', location.href),
+};
 const META_FILES = ['config.json', 'tokenizer.model', 'tokenizer.json', 'added_tokens.json'];
 
 let model = null; // WebPixelLm
@@ -267,8 +272,9 @@ function dirUrl(text, what) {
 
 async function gatherModelFiles(source) {
   const tracker = byteTracker(source === 'local' ? 'Reading files' : 'Downloading');
-  if (source === 'tiny') {
-    return Promise.all([fetchDir(new URL('model/', TINY), tracker), fetchDir(new URL('clip/', TINY), tracker)]);
+  if (BUNDLED[source]) {
+    const base = BUNDLED[source];
+    return Promise.all([fetchDir(new URL('model/', base), tracker), fetchDir(new URL('clip/', base), tracker)]);
   }
   if (source === 'url') {
     const m = dirUrl($('model-url').value, 'PixelLM directory');
@@ -614,11 +620,12 @@ async function probeGpu(forced) {
   info.textContent = `adapter: ${name}${state.gpu.adapter.isFallbackAdapter ? ' (software fallback)' : ''}`;
 }
 
-/** Preselects the bundled example image and its question/answer (when present). */
+/** Preselects the example image and question/answer of the default bundled model. */
 async function loadExample() {
   try {
-    const ex = await fetchJsonIfAny(new URL('example.json', TINY));
-    const res = await fetch(new URL('example.png', TINY));
+    const base = BUNDLED[document.querySelector('input[name=source]:checked').value] ?? BUNDLED.tiny;
+    const ex = await fetchJsonIfAny(new URL('example.json', base));
+    const res = await fetch(new URL('example.png', base));
     if (!res.ok || image) return; // no example bundled, or the user was quicker
     if (ex?.question) $('question').value = ex.question;
     if (ex?.answer) $('answer').value = ex.answer;

@@ -4,12 +4,13 @@
 //
 //   node web/test/browser-test.mjs --dist web/dist --out DIR --webgpu on|off
 //        [--image FILE] [--question Q] [--answer A] [--max-new-tokens N]
-//        [--model-url URL --clip-url URL] [--chromium /usr/bin/chromium]
+//        [--source shapes|tiny | --model-url URL --clip-url URL] [--chromium /usr/bin/chromium]
 //        [--chromium-arg FLAG]... [--timeout-s 900] [--smoke]
 //
 // Without --image/--question the page's bundled example is used; without --answer the
-// answer field is cleared (the model generates). --model-url/--clip-url (relative to the
-// served dist, or absolute) load from a URL instead of the bundled tiny model.
+// answer field is cleared (the model generates). --source picks a bundled model (default
+// tiny: the conformance kit's, which the test compares with the CLI); --model-url/--clip-url
+// (relative to the served dist, or absolute) load from a URL instead.
 // --smoke only opens the page, checks that it is idle and reports WebGPU availability.
 //
 // Writes to DIR: result.json (result without bytes + backend, loadMs, fetchMs, segmentMs,
@@ -41,11 +42,13 @@ function parseArgs(argv) {
     timeoutS: 900,
     chromiumArgs: [],
     smoke: false,
+    source: 'tiny',
   };
   const keys = {
     '--dist': 'dist', '--image': 'image', '--question': 'question', '--answer': 'answer',
     '--webgpu': 'webgpu', '--out': 'out', '--chromium': 'chromium', '--timeout-s': 'timeoutS',
     '--max-new-tokens': 'maxNewTokens', '--model-url': 'modelUrl', '--clip-url': 'clipUrl',
+    '--source': 'source',
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -60,6 +63,7 @@ function parseArgs(argv) {
   if (!(opts.webgpu in WEBGPU_ARGS)) throw new Error('--webgpu must be on or off');
   if (!opts.smoke && !opts.out) throw new Error('--out DIR is required');
   if (!!opts.modelUrl !== !!opts.clipUrl) throw new Error('--model-url and --clip-url go together');
+  if (!['shapes', 'tiny'].includes(opts.source)) throw new Error('--source must be shapes or tiny');
   if (opts.image && !fs.existsSync(opts.image)) throw new Error(`no such image: ${opts.image}`);
   if (!fs.existsSync(path.join(opts.dist, 'index.html'))) throw new Error(`${opts.dist}/index.html not found`);
   opts.timeoutS = Number(opts.timeoutS);
@@ -106,6 +110,8 @@ async function main() {
       return;
     }
 
+    // Always chosen explicitly: the page's default source is not this test's business.
+    if (!opts.modelUrl) await page.check(`input[name=source][value=${opts.source}]`);
     if (opts.modelUrl) {
       await page.check('input[name=source][value=url]');
       await page.fill('#model-url', opts.modelUrl);

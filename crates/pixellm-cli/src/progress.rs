@@ -42,6 +42,9 @@ pub struct Bar {
     total: u64,
     start: Instant,
     last_line: Instant,
+    /// The first count reported: a resumed run starts part-way, and its ETA must come from
+    /// the rate of this run only.
+    base: Option<u64>,
 }
 
 impl Bar {
@@ -65,13 +68,19 @@ impl Bar {
             total,
             start: Instant::now(),
             last_line: Instant::now(),
+            base: None,
         }
     }
 
     /// `done` units finished; `msg` is shown beside the count (e.g. the loss).
     pub fn set(&mut self, done: u64, msg: &str) {
+        let first = self.base.is_none();
+        let base = *self.base.get_or_insert(done);
         if let Some(b) = &self.bar {
             b.set_position(done);
+            if first {
+                b.reset_eta();
+            }
             b.set_message(msg.to_string());
             return;
         }
@@ -80,8 +89,8 @@ impl Bar {
         }
         self.last_line = Instant::now();
         let secs = self.start.elapsed().as_secs_f64();
-        let eta = if done > 0 {
-            secs / done as f64 * (self.total - done) as f64
+        let eta = if done > base {
+            secs / (done - base) as f64 * (self.total - done) as f64
         } else {
             f64::NAN
         };

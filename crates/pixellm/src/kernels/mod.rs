@@ -58,6 +58,14 @@ fn on_cpu<const D: usize>(x: &Tensor<D>) -> bool {
     cpu
 }
 
+/// `x` laid out row-major: a copy when `x` is a strided view (a transpose, a broadcast),
+/// free otherwise. Burn has no explicit op for it; reshaping to one dimension and back
+/// forces it.
+pub fn contiguous<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let dims = x.dims();
+    x.reshape([dims.iter().product::<usize>()]).reshape(dims)
+}
+
 static ALLOW_TF32: AtomicBool = AtomicBool::new(false);
 
 /// Lets f32 matrix products (and attention) on CUDA devices run in Burn's TF32 path:

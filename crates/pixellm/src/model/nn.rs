@@ -193,13 +193,8 @@ pub fn multi_head_attention(
     merge_heads(out)
 }
 
-/// `x` laid out row-major: a copy when `x` is a strided view (a transpose, a broadcast),
-/// free otherwise. Burn has no explicit op for it; reshaping to one dimension and back
-/// forces it.
-pub fn contiguous<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    let dims = x.dims();
-    x.reshape([dims.iter().product::<usize>()]).reshape(dims)
-}
+/// `x` laid out row-major (defined with the kernels, which need it too).
+pub use crate::kernels::contiguous;
 
 /// `[B, L, heads·d]` -> `[B, heads, L, d]`.
 pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {

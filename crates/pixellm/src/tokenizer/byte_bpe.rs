@@ -36,8 +36,8 @@
 //! pattern in its backtracking VM, which is slower and can fail at run time (backtrack
 //! limit), an error path `encode` would have to hide.
 
-use super::tokenizer_json::Merge;
-use std::collections::{BinaryHeap, HashMap};
+use super::bpe::{self, push, Merges, Sym};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use regex::Regex;
@@ -179,7 +179,7 @@ pub struct ByteBpe {
     kinds: Vec<Kind>,
     vocab: HashMap<String, u32>,
     /// (left id, right id) → (rank, merged id).
-    merges: HashMap<(u32, u32), (u32, u32)>,
+    merges: Merges,
     /// Id of each byte's GPT-2 character, if the vocabulary has it.
     byte_ids: [Option<u32>; 256],
     byte_chars: [char; 256],
@@ -708,18 +708,6 @@ impl ByteBpe {
             }
         }
         let mut syms: Vec<Sym> = Vec::with_capacity(word.len());
-        let push = |syms: &mut Vec<Sym>, id: u32| {
-            let i = syms.len();
-            if let Some(last) = syms.last_mut() {
-                last.next = Some(i);
-            }
-            syms.push(Sym {
-                id,
-                live: true,
-                prev: i.checked_sub(1),
-                next: None,
-            });
-        };
         let mut pending_unk = false;
         for &b in word {
             match self.byte_ids[b as usize] {
@@ -750,63 +738,8 @@ impl ByteBpe {
                 push(&mut syms, u);
             }
         }
-        self.merge_all(&mut syms);
-        syms.iter().filter(|s| s.live).map(|s| s.id).collect()
-    }
-
-    /// `tokenizers`' `Word::merge_all`: a min-heap on (rank, position); stale entries
-    /// (a side already merged away) are skipped when popped.
-    fn merge_all(&self, syms: &mut [Sym]) {
-        let mut queue: BinaryHeap<Merge> = syms
-            .windows(2)
-            .enumerate()
-            .filter_map(|(pos, w)| {
-                self.merges
-                    .get(&(w[0].id, w[1].id))
-                    .map(|&(rank, new_id)| Merge { pos, rank, new_id })
-            })
-            .collect();
-        while let Some(top) = queue.pop() {
-            let Some(cur) = syms.get(top.pos).copied() else {
-                continue;
-            };
-            if !cur.live {
-                continue;
-            }
-            let Some(next_pos) = cur.next else {
-                continue;
-            };
-            let right = syms[next_pos];
-            match self.merges.get(&(cur.id, right.id)) {
-                Some(&(_, new_id)) if new_id == top.new_id => {}
-                _ => continue,
-            }
-            syms[top.pos].id = top.new_id;
-            syms[top.pos].next = right.next;
-            syms[next_pos].live = false;
-            if let Some(n) = right.next {
-                syms[n].prev = Some(top.pos);
-            }
-            let cur = syms[top.pos];
-            if let Some(p) = cur.prev {
-                if let Some(&(rank, new_id)) = self.merges.get(&(syms[p].id, cur.id)) {
-                    queue.push(Merge {
-                        pos: p,
-                        rank,
-                        new_id,
-                    });
-                }
-            }
-            if let Some(n) = cur.next {
-                if let Some(&(rank, new_id)) = self.merges.get(&(cur.id, syms[n].id)) {
-                    queue.push(Merge {
-                        pos: top.pos,
-                        rank,
-                        new_id,
-                    });
-                }
-            }
-        }
+        bpe::merge_all(&self.merges, &mut syms);
+        bpe::ids(&syms)
     }
 
     /// Display text of generated ids: `tokenizers`' `decode(ids, skip_special_tokens:
@@ -938,15 +871,6 @@ fn parse_pre_tokenizer(v: &Value) -> std::result::Result<PreTokenizer, String> {
             gpt2_regex,
         }),
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Sym {
-    id: u32,
-    /// False once merged into its left neighbour.
-    live: bool,
-    prev: Option<usize>,
-    next: Option<usize>,
 }
 
 /// Incremental display decoder for generated ids. The concatenation of everything

@@ -8,11 +8,11 @@
 //! are reported as [`JsonError::Unsupported`] so that a caller can fall back to
 //! `tokenizer.model`.
 
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 
 use serde_json::Value;
 
+use super::bpe::{self, push, Merges, Sym};
 use super::vocab::{byte_piece, parse_byte_piece, PieceKind, Vocab, DEFAULT_UNK_SURFACE, SPACE};
 
 /// Why a `tokenizer.json` could not be used.
@@ -43,7 +43,7 @@ enum NormStep {
 pub(crate) struct JsonBpe {
     vocab: Vocab,
     /// (left id, right id) → (rank, merged id).
-    merges: HashMap<(u32, u32), (u32, u32)>,
+    merges: Merges,
     byte_ids: Option<Box<[Option<u32>; 256]>>,
     unk: Option<u32>,
     fuse_unk: bool,
@@ -308,26 +308,15 @@ impl JsonBpe {
             }
         }
         let mut word: Vec<Sym> = Vec::with_capacity(s.len());
-        let add = |word: &mut Vec<Sym>, id: u32, len: usize| {
-            let i = word.len();
-            if let Some(last) = word.last_mut() {
-                last.next = Some(i);
-            }
-            word.push(Sym {
-                id,
-                len,
-                prev: i.checked_sub(1),
-                next: None,
-            });
-        };
-        let mut unk: Option<(u32, usize)> = None;
+        // A pending run of unknown characters: one <unk> (fused with `fuse_unk`).
+        let mut unk: Option<u32> = None;
         for (i, c) in s.char_indices() {
             let piece = &s[i..i + c.len_utf8()];
             if let Some(&id) = self.vocab.lookup.get(piece) {
-                if let Some((u, len)) = unk.take() {
-                    add(&mut word, u, len);
+                if let Some(u) = unk.take() {
+                    push(&mut word, u);
                 }
-                add(&mut word, id, piece.len());
+                push(&mut word, id);
                 continue;
             }
             if let Some(bytes) = &self.byte_ids {
@@ -335,110 +324,26 @@ impl JsonBpe {
                 if let Some(ids) = ids {
                     // As in `tokenizers`, a pending <unk> is not flushed here.
                     for id in ids {
-                        add(&mut word, id, 1);
+                        push(&mut word, id);
                     }
                     continue;
                 }
             }
             if let Some(u) = self.unk {
                 unk = match unk {
-                    Some((u0, len)) if self.fuse_unk => Some((u0, len + piece.len())),
-                    Some((u0, len)) => {
-                        add(&mut word, u0, len);
-                        Some((u, piece.len()))
+                    Some(u0) if self.fuse_unk => Some(u0),
+                    Some(u0) => {
+                        push(&mut word, u0);
+                        Some(u)
                     }
-                    None => Some((u, piece.len())),
+                    None => Some(u),
                 };
             }
         }
-        if let Some((u, len)) = unk {
-            add(&mut word, u, len);
+        if let Some(u) = unk {
+            push(&mut word, u);
         }
-        self.merge_all(&mut word);
-        word.iter().filter(|s| s.len > 0).map(|s| s.id).collect()
-    }
-
-    fn merge_all(&self, word: &mut [Sym]) {
-        let mut queue: BinaryHeap<Merge> = word
-            .windows(2)
-            .enumerate()
-            .filter_map(|(pos, w)| {
-                self.merges
-                    .get(&(w[0].id, w[1].id))
-                    .map(|&(rank, new_id)| Merge { pos, rank, new_id })
-            })
-            .collect();
-        while let Some(top) = queue.pop() {
-            if word[top.pos].len == 0 {
-                continue;
-            }
-            let Some(next_pos) = word[top.pos].next else {
-                continue;
-            };
-            let right = word[next_pos];
-            match self.merges.get(&(word[top.pos].id, right.id)) {
-                Some(&(_, new_id)) if new_id == top.new_id => {}
-                _ => continue, // stale entry
-            }
-            let cur = &mut word[top.pos];
-            cur.id = top.new_id;
-            cur.len += right.len;
-            cur.next = right.next;
-            word[next_pos].len = 0;
-            if let Some(n) = right.next {
-                word[n].prev = Some(top.pos);
-            }
-            let cur = word[top.pos];
-            if let Some(p) = cur.prev {
-                if let Some(&(rank, new_id)) = self.merges.get(&(word[p].id, cur.id)) {
-                    queue.push(Merge {
-                        pos: p,
-                        rank,
-                        new_id,
-                    });
-                }
-            }
-            if let Some(n) = cur.next {
-                if let Some(&(rank, new_id)) = self.merges.get(&(cur.id, word[n].id)) {
-                    queue.push(Merge {
-                        pos: top.pos,
-                        rank,
-                        new_id,
-                    });
-                }
-            }
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Sym {
-    id: u32,
-    len: usize,
-    prev: Option<usize>,
-    next: Option<usize>,
-}
-
-/// Min-heap entry on (rank, position), as `tokenizers`' `Merge` ordering (shared with the
-/// byte-level BPE of `byte_bpe`).
-#[derive(PartialEq, Eq)]
-pub(super) struct Merge {
-    pub(super) pos: usize,
-    pub(super) rank: u32,
-    pub(super) new_id: u32,
-}
-
-impl PartialOrd for Merge {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Merge {
-    fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .rank
-            .cmp(&self.rank)
-            .then_with(|| other.pos.cmp(&self.pos))
+        bpe::merge_all(&self.merges, &mut word);
+        bpe::ids(&word)
     }
 }

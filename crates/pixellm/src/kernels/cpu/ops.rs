@@ -910,9 +910,9 @@ mod tests {
         assert_eq!(got.dims(), [b, heads, lq, d]);
         // Same inputs laid out row-major.
         let want = attention(
-            crate::model::nn::contiguous(q),
-            crate::model::nn::contiguous(k),
-            crate::model::nn::contiguous(v),
+            crate::kernels::contiguous(q),
+            crate::kernels::contiguous(k),
+            crate::kernels::contiguous(v),
             None,
             0.3,
             true,
