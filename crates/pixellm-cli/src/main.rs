@@ -1,5 +1,6 @@
 //! `pixellm`: PixelLM segmentation from the command line.
 
+mod bench;
 mod eval;
 mod output;
 mod progress;
@@ -308,7 +309,7 @@ fn bench(args: BenchArgs) -> pixellm::Result<()> {
     if let Some(path) = &args.json {
         pixellm::output::check_file(path)?;
     }
-    let options = pixellm::bench::BenchOptions {
+    let options = bench::BenchOptions {
         shape: args.shape.parse()?,
         prompt_tokens: args.prompt_tokens,
         new_tokens: args.new_tokens,
@@ -316,7 +317,7 @@ fn bench(args: BenchArgs) -> pixellm::Result<()> {
         iters: args.iters.max(1),
     };
     let device = backend.device()?;
-    let report = pixellm::bench::run(&device, precision.dtype(), &options, &mut |line| {
+    let report = bench::run(&device, precision.dtype(), &options, &mut |line| {
         progress::note(line)
     })?;
     print!("{}", report.table());
@@ -332,7 +333,7 @@ fn bench(args: BenchArgs) -> pixellm::Result<()> {
 }
 
 fn chat(args: ChatArgs) -> pixellm::Result<()> {
-    use pixellm::tokenizer::chatml::Role;
+    use pixellm::chat::chatml::Role;
     use std::io::BufRead;
 
     let backend: Backend = args.backend.parse()?;

@@ -8,7 +8,6 @@
 #![warn(missing_docs)]
 
 pub mod backend;
-pub mod bench;
 pub mod chat;
 pub mod config;
 pub mod data;

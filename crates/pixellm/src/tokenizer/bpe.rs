@@ -5,21 +5,21 @@ use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
 /// `(left id, right id) -> (rank, merged id)`; a lower rank merges first.
-pub(super) type Merges = HashMap<(u32, u32), (u32, u32)>;
+pub(crate) type Merges = HashMap<(u32, u32), (u32, u32)>;
 
 /// One symbol of a word being merged: a doubly linked list over a vector, so a merge is
 /// O(1) and positions stay stable for the queue.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Sym {
-    pub(super) id: u32,
+pub(crate) struct Sym {
+    pub(crate) id: u32,
     /// False once merged into its left neighbour.
-    pub(super) live: bool,
+    pub(crate) live: bool,
     prev: Option<usize>,
     next: Option<usize>,
 }
 
 /// Appends symbol `id` to `word`.
-pub(super) fn push(word: &mut Vec<Sym>, id: u32) {
+pub(crate) fn push(word: &mut Vec<Sym>, id: u32) {
     let i = word.len();
     if let Some(last) = word.last_mut() {
         last.next = Some(i);
@@ -33,13 +33,13 @@ pub(super) fn push(word: &mut Vec<Sym>, id: u32) {
 }
 
 /// The ids of the symbols left after merging.
-pub(super) fn ids(word: &[Sym]) -> Vec<u32> {
+pub(crate) fn ids(word: &[Sym]) -> Vec<u32> {
     word.iter().filter(|s| s.live).map(|s| s.id).collect()
 }
 
 /// Applies `merges` to `word` until none applies: a min-heap on (rank, position); stale
 /// entries (a side already merged away, or the pair changed) are skipped when popped.
-pub(super) fn merge_all(merges: &Merges, word: &mut [Sym]) {
+pub(crate) fn merge_all(merges: &Merges, word: &mut [Sym]) {
     let mut queue: BinaryHeap<Merge> = word
         .windows(2)
         .enumerate()

@@ -15,9 +15,7 @@
 //! LLaMA layout) or from `tokenizer.model`; both give the same ids. Added-token ids always
 //! come from `added_tokens.json`, never from tokenizing their text.
 
-mod bpe;
-pub mod byte_bpe;
-pub mod chatml;
+pub(crate) mod bpe;
 pub mod prompt;
 mod protobuf;
 pub mod sentencepiece;

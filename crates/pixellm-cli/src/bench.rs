@@ -11,15 +11,15 @@ use std::str::FromStr;
 
 use burn::tensor::{DType, Device, Distribution, Tensor};
 use serde_json::{json, Value};
-use web_time::Instant;
+use std::time::Instant;
 
-use crate::config::{ClipVisionConfig, LlamaConfig, PixelLmConfig};
-use crate::error::{Error, Result};
-use crate::generate::greedy;
-use crate::image::{self as img, RgbImage};
-use crate::model::llm::KvCache;
-use crate::model::{PixelLmModel, IMAGE_TOKEN_INDEX};
-use crate::pipeline::read_f32;
+use pixellm::config::{ClipVisionConfig, LlamaConfig, PixelLmConfig};
+use pixellm::error::{Error, Result};
+use pixellm::generate::greedy;
+use pixellm::image::{self as img, RgbImage};
+use pixellm::model::llm::KvCache;
+use pixellm::model::{PixelLmModel, IMAGE_TOKEN_INDEX};
+use pixellm::pipeline::read_f32;
 
 /// Model sizes the bench can build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -506,9 +506,9 @@ pub fn run(
         .collect();
     Ok(BenchReport {
         options: options.clone(),
-        device: match crate::backend::describe(device) {
+        device: match pixellm::backend::describe(device) {
             // The CPU's products can come from a loaded BLAS: part of what was measured.
-            cpu if cpu == "CPU" => format!("CPU, matmul: {}", crate::backend::cpu_matmul()),
+            cpu if cpu == "CPU" => format!("CPU, matmul: {}", pixellm::backend::cpu_matmul()),
             other => other,
         },
         dtype,

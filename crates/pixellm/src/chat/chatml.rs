@@ -93,7 +93,7 @@ fn push_turn(out: &mut String, role: Role, content: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokenizer::byte_bpe::ByteBpe;
+    use crate::chat::byte_bpe::ByteBpe;
     use serde_json::Value;
     use std::path::Path;
 

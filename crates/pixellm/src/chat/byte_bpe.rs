@@ -36,7 +36,7 @@
 //! pattern in its backtracking VM, which is slower and can fail at run time (backtrack
 //! limit), an error path `encode` would have to hide.
 
-use super::bpe::{self, push, Merges, Sym};
+use crate::tokenizer::bpe::{self, push, Merges, Sym};
 use std::collections::HashMap;
 use std::sync::Mutex;
 

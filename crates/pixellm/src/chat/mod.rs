@@ -1,18 +1,23 @@
 //! Plain chat with a LLaMA-architecture model from a GGUF file (SmolLM2-135M-Instruct):
 //! proves the language-model half of the runtime on real pretrained weights, with the same
-//! LLaMA module, KV cache and greedy decoder PixelLM uses.
+//! LLaMA module, KV cache and greedy decoder PixelLM uses. Its tokenizer (byte-level BPE
+//! from the GGUF metadata) and prompt template (ChatML) live here too; the GGUF file itself
+//! is read by `weights::gguf`, like every other checkpoint format.
+
+pub mod byte_bpe;
+pub mod chatml;
 
 use std::path::Path;
 
 use burn::tensor::{DType, Device, Tensor};
 use web_time::Instant;
 
+use crate::chat::byte_bpe::{ByteBpe, ByteBpeStream, PreTokenizer};
+use crate::chat::chatml::{chatml_prompt, Role};
 use crate::error::{Error, Result};
 use crate::generate::greedy;
 use crate::model::llm::{KvCache, Llama};
 use crate::model::params::Params;
-use crate::tokenizer::byte_bpe::{ByteBpe, ByteBpeStream, PreTokenizer};
-use crate::tokenizer::chatml::{chatml_prompt, Role};
 use crate::weights::gguf::GgufFile;
 use crate::weights::WeightFiles;
 
