@@ -1,4 +1,5 @@
-//! Host-side helpers for the final mask logits (one target, `H0 × W0`, row-major):
+//! Host-side helpers for the final mask logits (the host half of postprocess; the device
+//! half is `model::postprocess`) (one target, `H0 × W0`, row-major):
 //! the reference's mask score (`docs/model.md` §10.6), area and bounding box, and PNG
 //! outputs. A pixel is foreground iff its logit is `> 0` (sigmoid > 0.5), as in `chat.py`.
 

@@ -11,6 +11,7 @@ pub mod mask_decoder;
 pub mod neck;
 pub mod nn;
 pub mod params;
+pub mod postprocess;
 pub mod projector;
 pub mod prompt_encoder;
 pub mod two_way_transformer;
@@ -430,9 +431,7 @@ impl PixelLmModel {
         }
     }
 
-    /// Low-res logits -> f32 logits at the original image size (`docs/model.md` §10.5):
-    /// bilinear to the run resolution, crop the un-padded `resized` area, bilinear to
-    /// `original`, all in f32. The three steps fold into one row and one column matrix.
+    /// Low-res logits -> f32 logits at the original image size ([`postprocess::masks`]).
     ///
     /// # Shapes
     /// `[N, 1, 128, 128]` -> `[N, 1, H0, W0]`
@@ -442,20 +441,12 @@ impl PixelLmModel {
         resized: (usize, usize),
         original: (usize, usize),
     ) -> Tensor<4> {
-        let [_, _, lh, lw] = low_res.dims();
-        let s = self.config.image_size;
-        let fold = |low: usize, crop: usize, orig: usize| {
-            let up = interpolate::bilinear_weights(low, s);
-            let down = interpolate::bilinear_weights(crop, orig);
-            interpolate::compose(&down, &up[..crop * low], orig, crop, low)
-        };
-        interpolate::resize_with(
-            nn::to_f32(low_res),
-            fold(lh, resized.0, original.0),
-            fold(lw, resized.1, original.1),
+        postprocess::masks(
+            low_res,
+            self.config.image_size,
+            resized,
             original,
             &self.device,
-            DType::F32,
         )
     }
 }
