@@ -10,9 +10,9 @@ use std::path::PathBuf;
 
 use burn::tensor::DType;
 use common::*;
+use pixellm::chat::chatml::Role;
 use pixellm::chat::ChatModel;
 use pixellm::pipeline::read_f32;
-use pixellm::tokenizer::chatml::Role;
 use serde_json::Value;
 
 fn gguf() -> Option<PathBuf> {
