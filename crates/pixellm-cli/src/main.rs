@@ -340,7 +340,11 @@ fn chat(args: ChatArgs) -> pixellm::Result<()> {
     let precision: Precision = args.dtype.parse()?;
     let device = backend.device()?;
     let start = std::time::Instant::now();
-    progress::note(&format!("loading {} on {}…", args.model.display(), backend.name()));
+    progress::note(&format!(
+        "loading {} on {}…",
+        args.model.display(),
+        backend.name()
+    ));
     let model = pixellm::chat::ChatModel::load_gguf(&args.model, &device, precision.dtype())?;
     progress::note(&format!(
         "load {}: {:.0} ms",

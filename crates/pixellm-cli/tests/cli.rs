@@ -907,13 +907,13 @@ fn repo() -> std::path::PathBuf {
 fn readme_quick_start_segments_the_red_circle_and_the_blue_star() {
     use pixellm::data::synth::{scene, Split};
     let example = repo().join("examples/shapes.png");
-    // The example is generated scene 82 of the val split for seed 1: its objects are the
+    // The example is generated scene 419 of the val split for seed 1: its objects are the
     // ground truth.
-    let truth = scene(1, Split::Val, 82);
+    let truth = scene(1, Split::Val, 419);
     let img = pixellm::image::decode_image(&std::fs::read(&example).unwrap(), "example").unwrap();
     assert!(
         img == truth.image,
-        "examples/shapes.png is not synth scene (1, val, 82)"
+        "examples/shapes.png is not synth scene (1, val, 419)"
     );
     let out = scratch("quick-start").join("out");
     let run = run_ok(
@@ -988,4 +988,4 @@ fn shipped_model_scores_above_a_floor_on_generated_scenes() {
 /// gIoU floor of the shipped model on 16 seed-2027 val scenes (measured: see
 /// models/pixellm-shapes/README.md; the floor sits below it so that only a real
 /// regression fails).
-const SHIPPED_GIOU_FLOOR: f64 = 0.3;
+const SHIPPED_GIOU_FLOOR: f64 = 0.45;
