@@ -123,13 +123,33 @@ fn one_step_has_the_same_loss_and_gradients_on_every_backend() {
             }
         }
         let global = (num / den).sqrt();
+        // The same f32 floor for all gradients together: what the two one-ulp nudges move
+        // on the reference backend itself. 1e-4 wherever f32 allows it; a problem whose
+        // own rounding moves its gradients further (large N(0, 1) embeddings make the
+        // position table's gradient a long cancelling sum) is held to 3× that floor,
+        // exactly as each tensor is above.
+        let floor = |j: &[Option<Vec<f32>>]| {
+            let (mut n, mut d) = (0f64, 0f64);
+            for (a, b) in j.iter().zip(&reference) {
+                if let (Some(a), Some(b)) = (a, b) {
+                    n += a
+                        .iter()
+                        .zip(b)
+                        .map(|(x, y)| ((x - y) as f64).powi(2))
+                        .sum::<f64>();
+                    d += b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>();
+                }
+            }
+            (n / d).sqrt()
+        };
+        let global_bound = 1e-4f64.max(3.0 * floor(&up).max(floor(&down)));
         eprintln!(
-            "{backend}: loss {l} (cpu {loss}); gradient rel. L2 {global:e} overall, worst tensor {} {:e}",
+            "{backend}: loss {l} (cpu {loss}); gradient rel. L2 {global:e} overall (bound {global_bound:e}), worst tensor {} {:e}",
             worst.1, worst.0
         );
         assert!(
-            global <= 1e-4,
-            "{backend}: gradients differ by {global:e} overall"
+            global <= global_bound,
+            "{backend}: gradients differ by {global:e} overall (bound {global_bound:e})"
         );
     }
 }
