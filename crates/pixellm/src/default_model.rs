@@ -75,5 +75,5 @@ pub fn load(device: &Device, dtype: DType) -> Result<PixelLm> {
         };
         map.insert(name.to_string(), bytes.to_vec());
     }
-    PixelLm::from_memory(&model, &clip, device, dtype, &mut |_, _| {})
+    PixelLm::from_memory(model, clip, device, dtype, &mut |_, _| {})
 }

@@ -220,8 +220,8 @@ impl PixelLm {
     /// or dropped) and for a model compiled into a program. `progress(done, total)`
     /// follows the weight bytes converted.
     pub fn from_memory(
-        model: &std::collections::BTreeMap<String, Vec<u8>>,
-        clip: &std::collections::BTreeMap<String, Vec<u8>>,
+        mut model: std::collections::BTreeMap<String, Vec<u8>>,
+        mut clip: std::collections::BTreeMap<String, Vec<u8>>,
         device: &Device,
         dtype: DType,
         progress: &mut dyn FnMut(u64, u64),
@@ -236,9 +236,9 @@ impl PixelLm {
                 .ok_or_else(|| Error::config(what, format!("`{name}` is missing")))
         }
         let config =
-            PixelLmConfig::from_bytes(take(model, "config.json", "model")?, "config.json")?;
+            PixelLmConfig::from_bytes(take(&model, "config.json", "model")?, "config.json")?;
         let clip_config = ClipVisionConfig::from_bytes(
-            take(clip, "config.json", "vision tower")?,
+            take(&clip, "config.json", "vision tower")?,
             "vision tower config.json",
         )?;
         let mut tokenizer = Tokenizer::from_bytes(
@@ -252,17 +252,22 @@ impl PixelLm {
         if let Some(cfg) = model.get("tokenizer_config.json") {
             tokenizer.apply_tokenizer_config(cfg, "tokenizer_config.json")?;
         }
-        let weights = |files: &std::collections::BTreeMap<String, Vec<u8>>,
+        // The weight bytes are moved out of the maps, never copied: in a browser they are
+        // most of the page's memory.
+        let weights = |files: &mut std::collections::BTreeMap<String, Vec<u8>>,
                        what: &str|
          -> Result<WeightFiles> {
             let mut out = WeightFiles::new();
-            for (name, bytes) in files {
-                if name.ends_with(".safetensors")
-                    || name.ends_with(".bin")
-                    || name.ends_with(".gguf")
-                {
-                    out.extend(WeightFiles::from_bytes(name, bytes.clone())?);
-                }
+            let names: Vec<String> = files
+                .keys()
+                .filter(|n| {
+                    n.ends_with(".safetensors") || n.ends_with(".bin") || n.ends_with(".gguf")
+                })
+                .cloned()
+                .collect();
+            for name in names {
+                let bytes = files.remove(&name).expect("listed above");
+                out.extend(WeightFiles::from_bytes(&name, bytes)?);
             }
             if out.is_empty() {
                 return Err(Error::config(
@@ -275,8 +280,8 @@ impl PixelLm {
         let model = PixelLmModel::load(
             &config,
             &clip_config,
-            &weights(model, "model")?,
-            &weights(clip, "vision tower")?,
+            &weights(&mut model, "model")?,
+            &weights(&mut clip, "vision tower")?,
             device,
             dtype,
             progress,
