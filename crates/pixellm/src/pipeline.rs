@@ -496,26 +496,8 @@ impl PixelLm {
         clock: &mut Stopwatch<'_>,
     ) -> Result<(String, Vec<i64>, Option<Tensor<2>>)> {
         let llm = self.model.llm();
-        let device = self.model.device();
-        let context = llm.config().max_position_embeddings;
         let e = self.expanded_len(ids);
-        if e >= context {
-            return Err(Error::Prompt(format!(
-                "the prompt takes {e} positions (with {} image tokens) but the model's context is {context}",
-                self.model.llm_grid().pow(2)
-            )));
-        }
-        let capacity = (e + max_new_tokens).min(context);
-        let p = image_position(ids)?;
-        let mut cache = KvCache::new(
-            llm.config(),
-            capacity,
-            &self.llm_key_padding(p, input),
-            device,
-            self.model.dtype(),
-        )?;
-        let (embeds, _) = self.model.splice_image(ids, &features.llm_tokens)?;
-        let hidden = llm.forward(embeds, &mut cache)?;
+        let (hidden, mut cache) = self.prefill(ids, features, input, max_new_tokens)?;
         let h = llm.config().hidden_size;
         let last = hidden.narrow(1, e - 1, 1).reshape([1, h]);
         clock.lap("prefill");
@@ -582,24 +564,41 @@ impl PixelLm {
         features: &ImageFeatures,
         input: &ClipInput,
     ) -> Result<Tensor<3>> {
+        Ok(self.prefill(ids, features, input, 0)?.0)
+    }
+
+    /// The LLM over the expanded multimodal sequence of `ids` (image features spliced at
+    /// the placeholder, padded image tokens hidden), into a fresh KV cache with room for
+    /// `new_tokens` more positions (capped at the context). Generation (`new_tokens > 0`)
+    /// needs room for at least one token; a forced answer may fill the context exactly.
+    fn prefill(
+        &self,
+        ids: &[i64],
+        features: &ImageFeatures,
+        input: &ClipInput,
+        new_tokens: usize,
+    ) -> Result<(Tensor<3>, KvCache)> {
         let llm = self.model.llm();
         let e = self.expanded_len(ids);
         let context = llm.config().max_position_embeddings;
-        if e > context {
+        if e + new_tokens.min(1) > context {
             return Err(Error::Prompt(format!(
-                "prompt and answer take {e} positions but the model's context is {context}"
+                "the prompt{} takes {e} positions (with {} image tokens) but the model's context is {context}",
+                if new_tokens == 0 { " and answer" } else { "" },
+                self.model.llm_grid().pow(2)
             )));
         }
         let p = image_position(ids)?;
         let mut cache = KvCache::new(
             llm.config(),
-            e,
+            (e + new_tokens).min(context),
             &self.llm_key_padding(p, input),
             self.model.device(),
             self.model.dtype(),
         )?;
         let (embeds, _) = self.model.splice_image(ids, &features.llm_tokens)?;
-        llm.forward(embeds, &mut cache)
+        let hidden = llm.forward(embeds, &mut cache)?;
+        Ok((hidden, cache))
     }
 }
 

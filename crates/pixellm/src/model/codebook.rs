@@ -20,7 +20,7 @@ pub struct Codebook {
 }
 
 impl Codebook {
-    /// Loads `model.text_hidden_fcs.0.{0,2}` from `p` (the `model.` prefix).
+    /// Loads the MLP's `{0,2}` layers from `p`, its own key (`model.text_hidden_fcs.0`).
     pub fn load(
         p: &Params,
         hidden: usize,
@@ -29,12 +29,7 @@ impl Codebook {
         scales: usize,
     ) -> Result<Self> {
         Ok(Self {
-            text_hidden_fcs: TwoLayerMlp::load(
-                &p.pp("text_hidden_fcs"),
-                "0",
-                (hidden, hidden, out_dim),
-                Activation::Relu,
-            )?,
+            text_hidden_fcs: TwoLayerMlp::load(p, (hidden, hidden, out_dim), Activation::Relu)?,
             tokens_per_scale,
             scales,
         })

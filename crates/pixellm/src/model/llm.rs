@@ -182,25 +182,24 @@ impl LlamaDecoderLayer {
         let a = p.pp("self_attn");
         let m = p.pp("mlp");
         Ok(Self {
-            input_layernorm: RmsNorm::load(p, "input_layernorm", h, c.rms_norm_eps)?,
+            input_layernorm: RmsNorm::load(&p.pp("input_layernorm"), h, c.rms_norm_eps)?,
             self_attn: LlamaAttention {
-                q_proj: Linear::load(&a, "q_proj", h, h, false)?,
-                k_proj: Linear::load(&a, "k_proj", h, kv, false)?,
-                v_proj: Linear::load(&a, "v_proj", h, kv, false)?,
-                o_proj: Linear::load(&a, "o_proj", h, h, false)?,
+                q_proj: Linear::load(&a.pp("q_proj"), h, h, false)?,
+                k_proj: Linear::load(&a.pp("k_proj"), h, kv, false)?,
+                v_proj: Linear::load(&a.pp("v_proj"), h, kv, false)?,
+                o_proj: Linear::load(&a.pp("o_proj"), h, h, false)?,
                 heads: c.num_attention_heads,
                 kv_heads: c.num_key_value_heads,
             },
             post_attention_layernorm: RmsNorm::load(
-                p,
-                "post_attention_layernorm",
+                &p.pp("post_attention_layernorm"),
                 h,
                 c.rms_norm_eps,
             )?,
             mlp: LlamaMlp {
-                gate_proj: Linear::load(&m, "gate_proj", h, c.intermediate_size, false)?,
-                up_proj: Linear::load(&m, "up_proj", h, c.intermediate_size, false)?,
-                down_proj: Linear::load(&m, "down_proj", c.intermediate_size, h, false)?,
+                gate_proj: Linear::load(&m.pp("gate_proj"), h, c.intermediate_size, false)?,
+                up_proj: Linear::load(&m.pp("up_proj"), h, c.intermediate_size, false)?,
+                down_proj: Linear::load(&m.pp("down_proj"), c.intermediate_size, h, false)?,
             },
         })
     }
@@ -247,7 +246,7 @@ impl Llama {
     /// tied embedding) from `p` (the checkpoint root).
     pub fn load(p: &Params, c: &LlamaConfig) -> Result<Self> {
         let m = p.pp("model");
-        let embed_tokens = Embedding::load(&m, "embed_tokens", c.vocab_size, c.hidden_size)?;
+        let embed_tokens = Embedding::load(&m.pp("embed_tokens"), c.vocab_size, c.hidden_size)?;
         let layers = (0..c.num_hidden_layers)
             .map(|i| LlamaDecoderLayer::load(&m.pp("layers").pp(i), c))
             .collect::<Result<Vec<_>>>()?;
@@ -257,12 +256,12 @@ impl Llama {
                 bias: None,
             }
         } else {
-            Linear::load(p, "lm_head", c.hidden_size, c.vocab_size, false)?
+            Linear::load(&p.pp("lm_head"), c.hidden_size, c.vocab_size, false)?
         };
         Ok(Self {
             embed_tokens,
             layers,
-            norm: RmsNorm::load(&m, "norm", c.hidden_size, c.rms_norm_eps)?,
+            norm: RmsNorm::load(&m.pp("norm"), c.hidden_size, c.rms_norm_eps)?,
             lm_head,
             rope: Rope::new(p, c.head_dim(), c.rope_theta, c.max_position_embeddings),
             config: c.clone(),

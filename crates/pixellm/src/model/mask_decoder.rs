@@ -20,7 +20,7 @@ impl Mlp {
         let layers = dims
             .windows(2)
             .enumerate()
-            .map(|(i, d)| Linear::load(&p.pp("layers"), &i.to_string(), d[0], d[1], true))
+            .map(|(i, d)| Linear::load(&p.pp("layers").pp(i), d[0], d[1], true))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { layers })
     }
@@ -50,7 +50,7 @@ impl Upscale {
         Ok(Self {
             conv_weight: p.tensor("0.weight", [c_in, c_out, 2, 2])?,
             conv_bias: p.tensor("0.bias", [c_out])?,
-            norm: LayerNorm2d::load(p, "1", c_out)?,
+            norm: LayerNorm2d::load(&p.pp("1"), c_out)?,
         })
     }
 
@@ -97,10 +97,9 @@ pub struct MaskDecoderMultiScale {
 const MASK_TOKENS: usize = 4;
 
 impl MaskDecoderMultiScale {
-    /// Loads `mask_decoder.*` from `p` (the `model.` prefix); `grid` is the level-0 feature
-    /// side (32).
+    /// Loads the decoder from `p`, its own key (`model.mask_decoder`); `grid` is the
+    /// level-0 feature side (32).
     pub fn load(p: &Params, shape: Shape, grid: usize) -> Result<Self> {
-        let p = p.pp("mask_decoder");
         let dim = shape.dim;
         let transformer = (0..2)
             .map(|l| TwoWayTransformer::load(&p.pp("transformer").pp(l), shape, 2))

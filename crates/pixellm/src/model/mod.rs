@@ -216,22 +216,31 @@ impl PixelLmModel {
         }
         let h = config.llm.hidden_size;
         let m = root.pp("model");
-        let vision = VisionTower::load(clip, clip_config, config.image_size)?;
+        let vision = VisionTower::load(&clip.pp("vision_model"), clip_config, config.image_size)?;
         Ok(Self {
             vision,
-            mm_projector: TwoLayerMlp::load(&m, "mm_projector", (d, 2 * h, h), Activation::Gelu)?,
+            mm_projector: TwoLayerMlp::load(
+                &m.pp("mm_projector"),
+                (d, 2 * h, h),
+                Activation::Gelu,
+            )?,
             out_mm_projector: TwoLayerMlp::load(
-                &m,
-                "out_mm_projector",
+                &m.pp("out_mm_projector"),
                 (d, 2 * h, h),
                 Activation::Gelu,
             )?,
             llm: Llama::load(root, &config.llm)?,
-            codebook: Codebook::load(&m, h, config.out_dim, 3, config.scales)?,
-            neck: ImageFeatureNeck::load(&m, h, config.out_dim)?,
-            prompt_encoder: PromptEncoder::load(&m, config.out_dim, grid)?,
+            codebook: Codebook::load(
+                &m.pp("text_hidden_fcs").pp(0),
+                h,
+                config.out_dim,
+                3,
+                config.scales,
+            )?,
+            neck: ImageFeatureNeck::load(&m.pp("image_feature_neck"), h, config.out_dim)?,
+            prompt_encoder: PromptEncoder::load(&m.pp("prompt_encoder"), config.out_dim, grid)?,
             mask_decoder: MaskDecoderMultiScale::load(
-                &m,
+                &m.pp("mask_decoder"),
                 two_way_transformer::Shape {
                     dim: config.out_dim,
                     heads: config.decoder_heads,

@@ -19,14 +19,13 @@ pub struct ImageFeatureNeck {
 }
 
 impl ImageFeatureNeck {
-    /// Loads `image_feature_neck.{0,1,2,3}` from `p` (the `model.` prefix).
+    /// Loads `{0,1,2,3}` from `p`, the neck's own key (`model.image_feature_neck`).
     pub fn load(p: &Params, d_in: usize, d_out: usize) -> Result<Self> {
-        let p = p.pp("image_feature_neck");
         Ok(Self {
             conv_0: p.tensor("0.weight", [d_out, d_in, 1, 1])?,
-            norm_1: LayerNorm2d::load(&p, "1", d_out)?,
+            norm_1: LayerNorm2d::load(&p.pp("1"), d_out)?,
             conv_2: p.tensor("2.weight", [d_out, d_out, 3, 3])?,
-            norm_3: LayerNorm2d::load(&p, "3", d_out)?,
+            norm_3: LayerNorm2d::load(&p.pp("3"), d_out)?,
         })
     }
 

@@ -30,9 +30,8 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Loads `{name}.weight` (and `{name}.bias` when `bias`).
-    pub fn load(p: &Params, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
-        let p = p.pp(name);
+    /// Loads `weight` (and `bias` when `bias`) from `p`, the layer's own key.
+    pub fn load(p: &Params, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
         Ok(Self {
             weight: p.tensor("weight", [d_out, d_in])?,
             bias: if bias {
@@ -61,9 +60,8 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    /// Loads `{name}.weight` and `{name}.bias`.
-    pub fn load(p: &Params, name: &str, d: usize, eps: f64) -> Result<Self> {
-        let p = p.pp(name);
+    /// Loads `weight` and `bias` from `p`, the layer's own key.
+    pub fn load(p: &Params, d: usize, eps: f64) -> Result<Self> {
         Ok(Self {
             weight: p.tensor("weight", [d])?,
             bias: p.tensor("bias", [d])?,
@@ -90,9 +88,8 @@ pub struct LayerNorm2d {
 }
 
 impl LayerNorm2d {
-    /// Loads `{name}.weight` and `{name}.bias`.
-    pub fn load(p: &Params, name: &str, channels: usize) -> Result<Self> {
-        let p = p.pp(name);
+    /// Loads `weight` and `bias` from `p`, the layer's own key.
+    pub fn load(p: &Params, channels: usize) -> Result<Self> {
         Ok(Self {
             weight: p.tensor("weight", [channels])?,
             bias: p.tensor("bias", [channels])?,
@@ -119,10 +116,10 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    /// Loads `{name}.weight`.
-    pub fn load(p: &Params, name: &str, d: usize, eps: f64) -> Result<Self> {
+    /// Loads `weight` from `p`, the layer's own key.
+    pub fn load(p: &Params, d: usize, eps: f64) -> Result<Self> {
         Ok(Self {
-            weight: p.pp(name).tensor("weight", [d])?,
+            weight: p.tensor("weight", [d])?,
             eps,
         })
     }
@@ -145,10 +142,10 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    /// Loads `{name}.weight`.
-    pub fn load(p: &Params, name: &str, vocab: usize, d: usize) -> Result<Self> {
+    /// Loads `weight` from `p`, the table's own key.
+    pub fn load(p: &Params, vocab: usize, d: usize) -> Result<Self> {
         Ok(Self {
-            weight: p.pp(name).tensor("weight", [vocab, d])?,
+            weight: p.tensor("weight", [vocab, d])?,
         })
     }
 

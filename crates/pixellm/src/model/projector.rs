@@ -29,19 +29,13 @@ pub struct TwoLayerMlp {
 }
 
 impl TwoLayerMlp {
-    /// Loads `{name}.0.{weight,bias}` (`[hidden, d_in]`) and `{name}.2.{weight,bias}`
-    /// (`[d_out, hidden]`).
-    pub fn load(
-        p: &Params,
-        name: &str,
-        dims: (usize, usize, usize),
-        activation: Activation,
-    ) -> Result<Self> {
+    /// Loads `0.{weight,bias}` (`[hidden, d_in]`) and `2.{weight,bias}` (`[d_out, hidden]`)
+    /// from `p`, the MLP's own key.
+    pub fn load(p: &Params, dims: (usize, usize, usize), activation: Activation) -> Result<Self> {
         let (d_in, hidden, d_out) = dims;
-        let p = p.pp(name);
         Ok(Self {
-            layer_0: Linear::load(&p, "0", d_in, hidden, true)?,
-            layer_2: Linear::load(&p, "2", hidden, d_out, true)?,
+            layer_0: Linear::load(&p.pp("0"), d_in, hidden, true)?,
+            layer_2: Linear::load(&p.pp("2"), hidden, d_out, true)?,
             activation,
         })
     }

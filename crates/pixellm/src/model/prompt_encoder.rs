@@ -39,10 +39,10 @@ pub struct PromptEncoder {
 }
 
 impl PromptEncoder {
-    /// Loads `prompt_encoder.{no_mask_embed, pe_layer}` from `p` (the `model.` prefix) and
+    /// Loads `{no_mask_embed, pe_layer}` from `p`, the encoder's own key
+    /// (`model.prompt_encoder`), and
     /// evaluates the positional encoding on the `grid`×`grid` feature map.
     pub fn load(p: &Params, dim: usize, grid: usize) -> Result<Self> {
-        let p = p.pp("prompt_encoder");
         let g = p.host(
             "pe_layer.positional_encoding_gaussian_matrix",
             &[2, dim / 2],

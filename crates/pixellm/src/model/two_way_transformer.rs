@@ -30,14 +30,13 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(p: &Params, name: &str, dim: usize, downsample: usize, heads: usize) -> Result<Self> {
-        let p = p.pp(name);
+    fn load(p: &Params, dim: usize, downsample: usize, heads: usize) -> Result<Self> {
         let inner = dim / downsample;
         Ok(Self {
-            q_proj: Linear::load(&p, "q_proj", dim, inner, true)?,
-            k_proj: Linear::load(&p, "k_proj", dim, inner, true)?,
-            v_proj: Linear::load(&p, "v_proj", dim, inner, true)?,
-            out_proj: Linear::load(&p, "out_proj", inner, dim, true)?,
+            q_proj: Linear::load(&p.pp("q_proj"), dim, inner, true)?,
+            k_proj: Linear::load(&p.pp("k_proj"), dim, inner, true)?,
+            v_proj: Linear::load(&p.pp("v_proj"), dim, inner, true)?,
+            out_proj: Linear::load(&p.pp("out_proj"), inner, dim, true)?,
             heads,
         })
     }
@@ -76,26 +75,24 @@ impl Block {
             heads,
             mlp_dim,
         } = shape;
-        let ln = |name: &str| LayerNorm::load(p, name, dim, 1e-5);
+        let ln = |name: &str| LayerNorm::load(&p.pp(name), dim, 1e-5);
         let mlp = p.pp("mlp");
         Ok(Self {
-            self_attn: Attention::load(p, "self_attn", dim, 1, heads)?,
+            self_attn: Attention::load(&p.pp("self_attn"), dim, 1, heads)?,
             norm1: ln("norm1")?,
             cross_attn_token_to_image: Attention::load(
-                p,
-                "cross_attn_token_to_image",
+                &p.pp("cross_attn_token_to_image"),
                 dim,
                 2,
                 heads,
             )?,
             norm2: ln("norm2")?,
-            lin1: Linear::load(&mlp, "lin1", dim, mlp_dim, true)?,
-            lin2: Linear::load(&mlp, "lin2", mlp_dim, dim, true)?,
+            lin1: Linear::load(&mlp.pp("lin1"), dim, mlp_dim, true)?,
+            lin2: Linear::load(&mlp.pp("lin2"), mlp_dim, dim, true)?,
             norm3: ln("norm3")?,
             norm4: ln("norm4")?,
             cross_attn_image_to_token: Attention::load(
-                p,
-                "cross_attn_image_to_token",
+                &p.pp("cross_attn_image_to_token"),
                 dim,
                 2,
                 heads,
@@ -161,13 +158,12 @@ impl TwoWayTransformer {
         Ok(Self {
             layers,
             final_attn_token_to_image: Attention::load(
-                p,
-                "final_attn_token_to_image",
+                &p.pp("final_attn_token_to_image"),
                 shape.dim,
                 2,
                 shape.heads,
             )?,
-            norm_final_attn: LayerNorm::load(p, "norm_final_attn", shape.dim, 1e-5)?,
+            norm_final_attn: LayerNorm::load(&p.pp("norm_final_attn"), shape.dim, 1e-5)?,
         })
     }
 

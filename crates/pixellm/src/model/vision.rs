@@ -45,14 +45,14 @@ impl ClipEncoderLayer {
         let attn = p.pp("self_attn");
         let mlp = p.pp("mlp");
         Ok(Self {
-            layer_norm1: LayerNorm::load(p, "layer_norm1", d, c.layer_norm_eps)?,
-            q_proj: Linear::load(&attn, "q_proj", d, d, true)?,
-            k_proj: Linear::load(&attn, "k_proj", d, d, true)?,
-            v_proj: Linear::load(&attn, "v_proj", d, d, true)?,
-            out_proj: Linear::load(&attn, "out_proj", d, d, true)?,
-            layer_norm2: LayerNorm::load(p, "layer_norm2", d, c.layer_norm_eps)?,
-            fc1: Linear::load(&mlp, "fc1", d, c.intermediate_size, true)?,
-            fc2: Linear::load(&mlp, "fc2", c.intermediate_size, d, true)?,
+            layer_norm1: LayerNorm::load(&p.pp("layer_norm1"), d, c.layer_norm_eps)?,
+            q_proj: Linear::load(&attn.pp("q_proj"), d, d, true)?,
+            k_proj: Linear::load(&attn.pp("k_proj"), d, d, true)?,
+            v_proj: Linear::load(&attn.pp("v_proj"), d, d, true)?,
+            out_proj: Linear::load(&attn.pp("out_proj"), d, d, true)?,
+            layer_norm2: LayerNorm::load(&p.pp("layer_norm2"), d, c.layer_norm_eps)?,
+            fc1: Linear::load(&mlp.pp("fc1"), d, c.intermediate_size, true)?,
+            fc2: Linear::load(&mlp.pp("fc2"), c.intermediate_size, d, true)?,
             heads: c.num_attention_heads,
         })
     }
@@ -96,10 +96,9 @@ impl VisionTower {
         self.layers.len()
     }
 
-    /// Loads `vision_model.*` from a CLIP checkpoint and resizes its position embedding so
+    /// Loads the tower from `p`, its own key (`vision_model` of a CLIP checkpoint), and resizes its position embedding so
     /// that `image_size` pixels give `(image_size / patch)²` patches.
     pub fn load(p: &Params, c: &ClipVisionConfig, image_size: usize) -> Result<Self> {
-        let p = p.pp("vision_model");
         let emb = p.pp("embeddings");
         let d = c.hidden_size;
         let patch = c.patch_size;
@@ -147,7 +146,7 @@ impl VisionTower {
                 .tensor("patch_embedding.weight", [d, c.num_channels, patch, patch])?,
             class_embedding: emb.tensor("class_embedding", [d])?,
             position_embedding,
-            pre_layrnorm: LayerNorm::load(&p, "pre_layrnorm", d, c.layer_norm_eps)?,
+            pre_layrnorm: LayerNorm::load(&p.pp("pre_layrnorm"), d, c.layer_norm_eps)?,
             layers,
             patch,
             deep_index,
