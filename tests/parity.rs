@@ -32,6 +32,7 @@ fn models() -> &'static [(Backend, PixelLm)] {
                     None,
                     device,
                     DType::F32,
+                    pixellm::Quant::Stored,
                     &mut |_| {},
                 )
                 .unwrap_or_else(|e| panic!("{b}: loading the kit model: {e}"));

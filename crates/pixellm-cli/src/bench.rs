@@ -20,6 +20,7 @@ use pixellm::image::{self as img, RgbImage};
 use pixellm::model::llm::KvCache;
 use pixellm::model::{PixelLmModel, IMAGE_TOKEN_INDEX};
 use pixellm::pipeline::read_f32;
+use pixellm::Quant;
 
 /// Model sizes the bench can build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +120,8 @@ pub struct BenchOptions {
     pub targets: usize,
     /// Timed iterations (after one warm-up iteration).
     pub iters: usize,
+    /// How the LLM's matrices are held (`--quant`; random weights quantised at build).
+    pub quant: Quant,
 }
 
 impl Default for BenchOptions {
@@ -129,6 +132,7 @@ impl Default for BenchOptions {
             new_tokens: 32,
             targets: 2,
             iters: 3,
+            quant: Quant::None,
         }
     }
 }
@@ -188,6 +192,9 @@ pub struct BenchReport {
     pub copy_gb_s: f64,
     /// LLM weight bytes read per decoded token.
     pub decode_bytes_per_token: u64,
+    /// Bytes the model's weights occupy on the device (packed matrices at their blocks'
+    /// size).
+    pub weight_bytes: u64,
     /// Milliseconds to build the random-weight model.
     pub build_ms: f64,
     /// Peak resident host memory (bytes), where the OS tells.
@@ -243,7 +250,13 @@ impl BenchReport {
             self.decode_bytes_per_token as f64 / 1e6,
             self.copy_gb_s
         );
-        let _ = writeln!(t, "model build (random weights): {:.0} ms", self.build_ms);
+        let _ = writeln!(
+            t,
+            "model build (random weights): {:.0} ms; weights: {:.1} MB ({})",
+            self.build_ms,
+            self.weight_bytes as f64 / 1e6,
+            self.options.quant.name()
+        );
         if let Some(b) = self.peak_host_bytes {
             let _ = writeln!(t, "peak host memory: {:.2} GB", b as f64 / 1e9);
         }
@@ -271,6 +284,8 @@ impl BenchReport {
             "decode_tokens_per_s": self.decode_tokens_per_s(),
             "copy_gb_s": self.copy_gb_s,
             "decode_bytes_per_token": self.decode_bytes_per_token,
+            "weight_bytes": self.weight_bytes,
+            "quant": o.quant.name(),
             "build_ms": self.build_ms,
             "peak_host_bytes": self.peak_host_bytes,
             "device_memory": self.device_memory,
@@ -286,12 +301,19 @@ fn dtype_bytes(dtype: DType) -> u64 {
     }
 }
 
-/// LLM weight bytes one decode step reads: every layer's projections and the LM head.
-fn decode_bytes(c: &LlamaConfig, dtype: DType) -> u64 {
+/// LLM weight bytes one decode step reads: every layer's projections and the LM head (at
+/// the packed format's bytes per value under `quant`), and the norms.
+fn decode_bytes(c: &LlamaConfig, dtype: DType, quant: Quant) -> u64 {
     let (h, i) = (c.hidden_size as u64, c.intermediate_size as u64);
     let kv = (c.num_key_value_heads * c.head_dim()) as u64;
-    let per_layer = 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h;
-    (c.num_hidden_layers as u64 * per_layer + c.vocab_size as u64 * h + h) * dtype_bytes(dtype)
+    let matrices =
+        c.num_hidden_layers as u64 * (2 * h * h + 2 * h * kv + 3 * h * i) + c.vocab_size as u64 * h;
+    let norms = (2 * c.num_hidden_layers as u64 + 1) * h * dtype_bytes(dtype);
+    let matrix_bytes = match quant.target(None) {
+        Some(f) if h.is_multiple_of(32) => matrices / 32 * f.block_bytes() as u64,
+        _ => matrices * dtype_bytes(dtype),
+    };
+    matrix_bytes + norms
 }
 
 /// Best-of-5 bandwidth of an elementwise copy over 256 MB (f32) on `device`, GB/s.
@@ -386,7 +408,7 @@ pub fn run(
         options.shape.name()
     ));
     let t = Instant::now();
-    let model = PixelLmModel::random(&config, &clip_config, device, dtype)?;
+    let model = PixelLmModel::random(&config, &clip_config, device, dtype, options.quant)?;
     sync(device)?;
     let build_ms = t.elapsed().as_secs_f64() * 1e3;
     log("measuring copy bandwidth…");
@@ -493,7 +515,7 @@ pub fn run(
         }
     }
 
-    let bytes = decode_bytes(&config.llm, dtype);
+    let bytes = decode_bytes(&config.llm, dtype, options.quant);
     let decode_floor = options.new_tokens as f64 * bytes as f64 / (copy_gb_s * 1e9) * 1e3;
     let stages = names
         .iter()
@@ -515,6 +537,7 @@ pub fn run(
         stages,
         copy_gb_s,
         decode_bytes_per_token: bytes,
+        weight_bytes: model.weight_bytes(),
         build_ms,
         peak_host_bytes: peak_host_bytes(),
         device_memory: device.memory_pool_usage().map(|u| format!("{u:?}")),

@@ -43,6 +43,10 @@ pub struct EvalArgs {
     /// f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// none, q8 or q4: the LLM's matrices dequantised to --dtype (none) or held packed in
+    /// GGUF-compatible 8/4-bit blocks (CPU backend). Default: as stored.
+    #[arg(long, value_name = "QUANT", value_parser = crate::parse_quant)]
+    quant: Option<pixellm::Quant>,
     /// Only the first N questions.
     #[arg(long)]
     limit: Option<usize>,
@@ -71,9 +75,15 @@ pub fn eval(args: EvalArgs) -> pixellm::Result<()> {
         (Some(model_dir), _) => {
             let backend: Backend = args.backend.parse()?;
             let precision: Precision = args.dtype.parse()?;
+            let quant = args.quant.unwrap_or_default();
             let device = backend.device()?;
-            let model =
-                crate::load_model(model_dir, args.vision_tower.as_deref(), &device, precision)?;
+            let model = crate::load_model(
+                model_dir,
+                args.vision_tower.as_deref(),
+                &device,
+                precision,
+                quant,
+            )?;
             let total = data.questions().min(args.limit.unwrap_or(usize::MAX));
             let mut bar = Bar::new("eval", total as u64);
             let preds = eval::predict(
@@ -85,7 +95,7 @@ pub fn eval(args: EvalArgs) -> pixellm::Result<()> {
             )?;
             bar.finish(&format!("{} questions answered", preds.len()));
             let mut source = json!({"model": model_dir, "backend": backend.name(), "dtype": precision.name(),
-                           "prompt": eval::prompt_template(&data.protocol)});
+                           "quant": quant.name(), "prompt": eval::prompt_template(&data.protocol)});
             match eval::forced_answer(&model, &data.protocol) {
                 None => source["max_new_tokens"] = json!(args.max_new_tokens),
                 Some(answer) => source["answer"] = json!(answer),

@@ -3,6 +3,7 @@
 mod bench;
 mod eval;
 mod output;
+mod perplexity;
 mod progress;
 mod serve;
 #[cfg(feature = "train")]
@@ -16,7 +17,7 @@ use burn::tensor::Device;
 use clap::{Parser, Subcommand};
 use pixellm::backend::{Backend, Precision};
 use pixellm::pipeline::DEFAULT_MAX_NEW_TOKENS;
-use pixellm::{PixelLm, Progress, SegmentRequest};
+use pixellm::{PixelLm, Progress, Quant, SegmentRequest};
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +55,9 @@ enum Command {
     /// Train PixelLM (the paper's losses) into a model directory.
     #[cfg(feature = "train")]
     Train(train::TrainArgs),
+    /// Perplexity of a GGUF LLaMA-family model or PixelLM's LLM over a text file (checks a
+    /// quantisation against the unquantised model).
+    Perplexity(perplexity::PerplexityArgs),
     /// An OpenAI-compatible HTTP server that answers with text and masks.
     Serve(serve::ServeArgs),
     /// Datasets: `data synth` generates multi-target shape scenes in MUSE's format.
@@ -80,6 +84,11 @@ struct ChatArgs {
     /// f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// none, q8 or q4: the LLM's matrices dequantised to --dtype (none) or held packed in
+    /// GGUF-compatible 8/4-bit blocks (CPU backend). Default: as stored (GGUF Q8_0, Q4_0 and
+    /// Q4_1 tensors stay packed on the CPU, the rest in --dtype).
+    #[arg(long, value_name = "QUANT", value_parser = parse_quant)]
+    quant: Option<Quant>,
     /// Generation budget per reply.
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
@@ -98,6 +107,10 @@ struct BenchArgs {
     /// f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// none, q8 or q4: the LLM's matrices dequantised to --dtype (none) or held packed in
+    /// GGUF-compatible 8/4-bit blocks (CPU backend). Default: none (random weights are f32).
+    #[arg(long, value_name = "QUANT", value_parser = parse_quant)]
+    quant: Option<Quant>,
     /// Text tokens in the prompt (the 256 image tokens come on top).
     #[arg(long, default_value_t = 300)]
     prompt_tokens: usize,
@@ -143,6 +156,11 @@ struct SegmentArgs {
     /// f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// none, q8 or q4: the LLM's matrices dequantised to --dtype (none) or held packed in
+    /// GGUF-compatible 8/4-bit blocks (CPU backend). Default: as stored (GGUF Q8_0, Q4_0 and
+    /// Q4_1 tensors stay packed on the CPU, the rest in --dtype).
+    #[arg(long, value_name = "QUANT", value_parser = parse_quant)]
+    quant: Option<Quant>,
     /// Output directory: created if absent; an existing one is written into only when it
     /// is empty or holds a previous pixellm result (whose stale masks are replaced);
     /// anything else is refused. Files this program did not write are never touched.
@@ -180,6 +198,7 @@ fn main() -> ExitCode {
         Command::Chat(args) => chat(args),
         Command::Eval(args) => eval::eval(args),
         Command::Serve(args) => serve::serve(args),
+        Command::Perplexity(args) => perplexity::run(args),
         #[cfg(feature = "train")]
         Command::Train(args) => train::train(args),
         Command::Data {
@@ -195,13 +214,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--quant`'s parser (clap shows the message of a bad value).
+pub(crate) fn parse_quant(s: &str) -> Result<Quant, String> {
+    Quant::parse(s).map_err(|e| match e {
+        pixellm::Error::Config { msg, .. } => msg,
+        e => e.to_string(),
+    })
+}
+
 /// The name the built-in model is served and reported under.
 pub(crate) const DEFAULT_MODEL_NAME: &str = pixellm::default_model::NAME;
 
 /// The model built into this program (`models/pixellm-shapes`, see its model card).
-pub(crate) fn default_model(device: &Device, precision: Precision) -> pixellm::Result<PixelLm> {
+pub(crate) fn default_model(
+    device: &Device,
+    precision: Precision,
+    quant: Quant,
+) -> pixellm::Result<PixelLm> {
     let start = std::time::Instant::now();
-    let model = pixellm::default_model::load(device, precision.dtype())?;
+    let model = pixellm::default_model::load(device, precision.dtype(), quant)?;
     progress::note(&format!(
         "model: built-in `{DEFAULT_MODEL_NAME}` ({:.0} ms; pass --model DIR for another)",
         start.elapsed().as_secs_f64() * 1e3
@@ -216,6 +247,7 @@ pub(crate) fn load_model(
     vision_tower: Option<&Path>,
     device: &Device,
     precision: Precision,
+    quant: Quant,
 ) -> pixellm::Result<PixelLm> {
     let mut bar: Option<progress::Bar> = None;
     PixelLm::load(
@@ -223,6 +255,7 @@ pub(crate) fn load_model(
         vision_tower,
         device,
         precision.dtype(),
+        quant,
         &mut |p| match p {
             Progress::Step(s) if s == "load weights" => {
                 if progress::interactive() {
@@ -250,12 +283,13 @@ pub(crate) fn load_model(
 fn segment(args: SegmentArgs) -> pixellm::Result<()> {
     let backend: Backend = args.backend.parse()?;
     let precision: Precision = args.dtype.parse()?;
+    let quant = args.quant.unwrap_or_default();
     output::check_target(&args.out)?;
     let device = backend.device()?;
     let image = pixellm::image::load_image(&args.image)?;
     let model = match &args.model {
-        Some(dir) => load_model(dir, args.vision_tower.as_deref(), &device, precision)?,
-        None => default_model(&device, precision)?,
+        Some(dir) => load_model(dir, args.vision_tower.as_deref(), &device, precision, quant)?,
+        None => default_model(&device, precision, quant)?,
     };
     if args.verbose_prompt {
         let tok = model.tokenizer();
@@ -315,6 +349,7 @@ fn bench(args: BenchArgs) -> pixellm::Result<()> {
         new_tokens: args.new_tokens,
         targets: args.targets,
         iters: args.iters.max(1),
+        quant: args.quant.unwrap_or(Quant::None),
     };
     let device = backend.device()?;
     let report = bench::run(&device, precision.dtype(), &options, &mut |line| {
@@ -345,11 +380,17 @@ fn chat(args: ChatArgs) -> pixellm::Result<()> {
         args.model.display(),
         backend.name()
     ));
-    let model = pixellm::chat::ChatModel::load_gguf(&args.model, &device, precision.dtype())?;
+    let model = pixellm::chat::ChatModel::load_gguf(
+        &args.model,
+        &device,
+        precision.dtype(),
+        args.quant.unwrap_or_default(),
+    )?;
     progress::note(&format!(
-        "load {}: {:.0} ms",
+        "load {}: {:.0} ms ({:.1} MB of weights)",
         args.model.display(),
-        start.elapsed().as_secs_f64() * 1e3
+        start.elapsed().as_secs_f64() * 1e3,
+        model.weight_bytes() as f64 / 1e6
     ));
     let mut history: Vec<(Role, String)> = Vec::new();
     let ask = |question: String, history: &mut Vec<(Role, String)>| -> pixellm::Result<()> {

@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// none, q8 or q4: the LLM's matrices dequantised to --dtype (none) or held packed in
+    /// GGUF-compatible 8/4-bit blocks (CPU backend). Default: as stored.
+    #[arg(long, value_name = "QUANT", value_parser = crate::parse_quant)]
+    quant: Option<pixellm::Quant>,
     /// Require `Authorization: Bearer KEY` on every request but /health.
     #[arg(long, env = "PIXELLM_API_KEY")]
     api_key: Option<String>,
@@ -128,6 +132,7 @@ struct Shared {
 pub fn serve(args: ServeArgs) -> pixellm::Result<()> {
     let backend: Backend = args.backend.parse()?;
     let precision: Precision = args.dtype.parse()?;
+    let quant = args.quant.unwrap_or_default();
     let addr = format!("{}:{}", args.host, args.port);
     let server = Server::http(&addr).map_err(|e| {
         pixellm::Error::io(
@@ -167,6 +172,7 @@ pub fn serve(args: ServeArgs) -> pixellm::Result<()> {
                     vision.as_deref(),
                     &device,
                     precision.dtype(),
+                    quant,
                     &mut |_| {},
                 )
                 .map(|m| {
@@ -177,7 +183,7 @@ pub fn serve(args: ServeArgs) -> pixellm::Result<()> {
                             .unwrap_or_else(|| "pixellm".into()),
                     )
                 }),
-                None => crate::default_model(&device, precision)
+                None => crate::default_model(&device, precision, quant)
                     .map(|m| (m, crate::DEFAULT_MODEL_NAME.to_string())),
             });
             let mut state = shared.state.write().expect("state lock");

@@ -95,9 +95,15 @@ impl WebPixelLm {
         };
         // The same loader as the native programs' built-in model: one code path from
         // in-memory files to a model.
-        let model =
-            PixelLm::from_memory(model_files, clip_files, &device, DType::F32, &mut progress)
-                .map_err(js_err)?;
+        let model = PixelLm::from_memory(
+            model_files,
+            clip_files,
+            &device,
+            DType::F32,
+            pixellm::Quant::Stored,
+            &mut progress,
+        )
+        .map_err(js_err)?;
         Ok(WebPixelLm { model, backend })
     }
 

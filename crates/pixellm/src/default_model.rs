@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use burn::tensor::{DType, Device};
 
 use crate::pipeline::PixelLm;
-use crate::{Error, Result};
+use crate::{Error, Quant, Result};
 
 /// The built-in model's name.
 pub const NAME: &str = "pixellm-shapes";
@@ -57,8 +57,9 @@ pub fn available() -> bool {
     !files().is_empty()
 }
 
-/// Loads the built-in model onto `device` in `dtype`.
-pub fn load(device: &Device, dtype: DType) -> Result<PixelLm> {
+/// Loads the built-in model onto `device` in `dtype`, its LLM's matrices held as `quant`
+/// says.
+pub fn load(device: &Device, dtype: DType, quant: Quant) -> Result<PixelLm> {
     let files = files();
     if files.is_empty() {
         return Err(Error::config(
@@ -75,5 +76,5 @@ pub fn load(device: &Device, dtype: DType) -> Result<PixelLm> {
         };
         map.insert(name.to_string(), bytes.to_vec());
     }
-    PixelLm::from_memory(model, clip, device, dtype, &mut |_, _| {})
+    PixelLm::from_memory(model, clip, device, dtype, quant, &mut |_, _| {})
 }

@@ -26,4 +26,5 @@ pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};
+pub use kernels::quant::Quant;
 pub use pipeline::{EncodedImage, PixelLm, Progress, SegmentRequest, Segmentation, Target};

@@ -10,6 +10,7 @@ use crate::config::{resolve_vision_tower, ClipVisionConfig, PixelLmConfig};
 use crate::error::{Error, Result};
 use crate::generate::greedy_async;
 use crate::image::{self as img, ClipInput, RgbImage};
+use crate::kernels::quant::Quant;
 use crate::model::llm::KvCache;
 use crate::model::{image_position, ImageFeatures, PixelLmModel};
 use crate::tokenizer::{llava_v1_prompt, StreamDecoder, Tokenizer};
@@ -163,6 +164,7 @@ impl PixelLm {
         vision_tower: Option<&Path>,
         device: &Device,
         dtype: DType,
+        quant: Quant,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Self> {
         if !model_dir.is_dir() {
@@ -196,6 +198,7 @@ impl PixelLm {
             &clip_weights,
             device,
             dtype,
+            quant,
             &mut |done, total| progress(Progress::Bytes { done, total }),
         )?;
         progress(Progress::Done("load weights".into(), ms_since(t)));
@@ -224,6 +227,7 @@ impl PixelLm {
         mut clip: std::collections::BTreeMap<String, Vec<u8>>,
         device: &Device,
         dtype: DType,
+        quant: Quant,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Self> {
         fn take<'f>(
@@ -284,6 +288,7 @@ impl PixelLm {
             &weights(&mut clip, "vision tower")?,
             device,
             dtype,
+            quant,
             progress,
         )?;
         Self::new(model, tokenizer)

@@ -16,6 +16,7 @@ use crate::chat::byte_bpe::{ByteBpe, ByteBpeStream, PreTokenizer};
 use crate::chat::chatml::{chatml_prompt, Role};
 use crate::error::{Error, Result};
 use crate::generate::greedy;
+use crate::kernels::quant::Quant;
 use crate::model::llm::{KvCache, Llama};
 use crate::model::params::Params;
 use crate::weights::gguf::GgufFile;
@@ -28,6 +29,7 @@ pub struct ChatModel {
     tokenizer: ByteBpe,
     device: Device,
     dtype: DType,
+    weight_bytes: u64,
 }
 
 /// One generated reply.
@@ -55,7 +57,10 @@ impl ChatReply {
 impl ChatModel {
     /// Loads a llama-architecture GGUF file (weights dequantised once into `dtype` on
     /// `device`; config and tokenizer from its metadata).
-    pub fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
+    /// GGUF tensors in `Q8_0`/`Q4_0`/`Q4_1` stay packed with the default
+    /// [`Quant::Stored`]; `quant` converts as [`Quant::target`] says.
+    pub fn load_gguf(path: &Path, device: &Device, dtype: DType, quant: Quant) -> Result<Self> {
+        crate::kernels::check_quant(quant, device)?;
         let gguf = GgufFile::open(path)?;
         let config = gguf.llama_config()?;
         let meta = gguf.tokenizer_metadata()?;
@@ -91,13 +96,20 @@ impl ChatModel {
                 "this device does not support {dtype:?} tensors"
             )));
         }
-        let llm = Llama::load(&Params::new(&files, device, dtype), &config)?;
+        let params = Params::new(&files, device, dtype).with_quant(quant);
+        let llm = Llama::load(&params, &config)?;
         Ok(Self {
             llm,
+            weight_bytes: params.weight_bytes(),
             tokenizer,
             device: device.clone(),
             dtype,
         })
+    }
+
+    /// Bytes the weights occupy on the device (packed matrices at their blocks' size).
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
     }
 
     /// The tokenizer.

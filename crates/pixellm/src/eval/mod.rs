@@ -12,6 +12,7 @@
 //! [`refer_answer`] (`docs/model.md` §14.2).
 
 pub mod metrics;
+pub mod perplexity;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -29,6 +29,7 @@ use burn::tensor::{activation, module, DType, Device, Tensor, TensorData};
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+pub mod quant;
 
 /// `cpu_kernel_or!(x = kernel(args))`: on the native CPU backend, returns
 /// `cpu::kernel(args)` from the enclosing function when the kernel takes the
@@ -122,6 +123,64 @@ pub fn linear<const D: usize>(
         y = y + b.clone().unsqueeze();
     }
     y.reshape(dims)
+}
+
+/// [`linear`] with a packed weight ([`quant::QuantMatrix`]): on the CPU backend the
+/// matrix is multiplied in its blocks (integer dot products with 8-bit activations,
+/// `kernels/cpu/qgemm.rs`), with f16/bf16 activations computed in f32 and cast back.
+/// Elsewhere (no packed kernel yet) the matrix is dequantised for the call: correct, but
+/// as slow as it sounds, which is why [`packed_on`] keeps loaders from packing there.
+pub fn qlinear<const D: usize>(
+    x: Tensor<D>,
+    weight: &quant::QuantMatrix,
+    bias: Option<&Tensor<1>>,
+) -> Tensor<D> {
+    let mut dims = x.dims();
+    let d_in = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    dims[D - 1] = weight.rows();
+    let dtype = x.dtype();
+    let x = x.reshape([rows, d_in]);
+    #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
+    let x = {
+        let (x32, b32) = (to_f32(x), bias.map(|b| to_f32(b.clone())));
+        match cpu::qlinear(x32, weight, b32.as_ref()) {
+            Ok(y) => return from_f32(y, dtype).reshape(dims),
+            Err(x) => from_f32(x, dtype),
+        }
+    };
+    let dense = upload(
+        weight.dequantize(),
+        [weight.rows(), weight.cols()],
+        &x.device(),
+        dtype,
+    );
+    linear(x, &dense, bias).reshape(dims)
+}
+
+/// Refuses a quantisation that asks for packed weights (`q8`, `q4`) on a device without
+/// packed kernels ([`packed_on`]), rather than load a model that is no smaller there.
+pub fn check_quant(quant: quant::Quant, device: &Device) -> crate::error::Result<()> {
+    match quant {
+        quant::Quant::Q8 | quant::Quant::Q4 if !packed_on(device) => Err(crate::Error::Backend(format!(
+            "--quant {} keeps the weights packed, which only the native CPU backend runs so far; use --backend cpu or --quant none",
+            quant.name()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Whether weights on `device` may be held packed: where [`qlinear`] multiplies them in
+/// their blocks (the native CPU backend).
+pub fn packed_on(device: &Device) -> bool {
+    #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
+    let yes = *device == Device::flex();
+    #[cfg(not(all(feature = "cpu", not(target_family = "wasm"))))]
+    let yes = {
+        let _ = device;
+        false
+    };
+    yes
 }
 
 /// For a one-row product on the CPU backend that the CPU `linear` kernel does not take (f16

@@ -5,7 +5,7 @@
 //! configuration, not copies, so the same code runs PixelLM's Vicuna/LLaMA-2 and other
 //! LLaMA-architecture models.
 
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 use super::nn::{merge_heads, silu, split_heads, Embedding, Linear, RmsNorm};
 use super::params::Params;
@@ -184,10 +184,10 @@ impl LlamaDecoderLayer {
         Ok(Self {
             input_layernorm: RmsNorm::load(&p.pp("input_layernorm"), h, c.rms_norm_eps)?,
             self_attn: LlamaAttention {
-                q_proj: Linear::load(&a.pp("q_proj"), h, h, false)?,
-                k_proj: Linear::load(&a.pp("k_proj"), h, kv, false)?,
-                v_proj: Linear::load(&a.pp("v_proj"), h, kv, false)?,
-                o_proj: Linear::load(&a.pp("o_proj"), h, h, false)?,
+                q_proj: Linear::load_quantizable(&a.pp("q_proj"), h, h, false)?,
+                k_proj: Linear::load_quantizable(&a.pp("k_proj"), h, kv, false)?,
+                v_proj: Linear::load_quantizable(&a.pp("v_proj"), h, kv, false)?,
+                o_proj: Linear::load_quantizable(&a.pp("o_proj"), h, h, false)?,
                 heads: c.num_attention_heads,
                 kv_heads: c.num_key_value_heads,
             },
@@ -197,9 +197,19 @@ impl LlamaDecoderLayer {
                 c.rms_norm_eps,
             )?,
             mlp: LlamaMlp {
-                gate_proj: Linear::load(&m.pp("gate_proj"), h, c.intermediate_size, false)?,
-                up_proj: Linear::load(&m.pp("up_proj"), h, c.intermediate_size, false)?,
-                down_proj: Linear::load(&m.pp("down_proj"), c.intermediate_size, h, false)?,
+                gate_proj: Linear::load_quantizable(
+                    &m.pp("gate_proj"),
+                    h,
+                    c.intermediate_size,
+                    false,
+                )?,
+                up_proj: Linear::load_quantizable(&m.pp("up_proj"), h, c.intermediate_size, false)?,
+                down_proj: Linear::load_quantizable(
+                    &m.pp("down_proj"),
+                    c.intermediate_size,
+                    h,
+                    false,
+                )?,
             },
         })
     }
@@ -239,6 +249,8 @@ pub struct Llama {
     lm_head: Linear,
     rope: Rope,
     config: LlamaConfig,
+    /// The activations' dtype (a packed embedding's rows are unpacked into it).
+    dtype: burn::tensor::DType,
 }
 
 impl Llama {
@@ -246,7 +258,13 @@ impl Llama {
     /// tied embedding) from `p` (the checkpoint root).
     pub fn load(p: &Params, c: &LlamaConfig) -> Result<Self> {
         let m = p.pp("model");
-        let embed_tokens = Embedding::load(&m.pp("embed_tokens"), c.vocab_size, c.hidden_size)?;
+        // The embedding and LM head stay at 8 bits under `q4` (`Quant::for_output`).
+        fn output(p: Params<'_>) -> Params<'_> {
+            let quant = p.quant().for_output();
+            p.with_quant(quant)
+        }
+        let embed_tokens =
+            Embedding::load(&output(m.pp("embed_tokens")), c.vocab_size, c.hidden_size)?;
         let layers = (0..c.num_hidden_layers)
             .map(|i| LlamaDecoderLayer::load(&m.pp("layers").pp(i), c))
             .collect::<Result<Vec<_>>>()?;
@@ -256,7 +274,7 @@ impl Llama {
                 bias: None,
             }
         } else {
-            Linear::load(&p.pp("lm_head"), c.hidden_size, c.vocab_size, false)?
+            Linear::load_quantizable(&output(p.pp("lm_head")), c.hidden_size, c.vocab_size, false)?
         };
         Ok(Self {
             embed_tokens,
@@ -265,6 +283,7 @@ impl Llama {
             lm_head,
             rope: Rope::new(p, c.head_dim(), c.rope_theta, c.max_position_embeddings),
             config: c.clone(),
+            dtype: p.dtype(),
         })
     }
 
@@ -278,8 +297,9 @@ impl Llama {
     /// # Shapes
     /// ids `[n]` -> `[1, n, H]`
     pub fn embed(&self, ids: &[i64], device: &Device) -> Tensor<3> {
-        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids.to_vec(), [ids.len()]), device);
-        self.embed_tokens.forward(ids).unsqueeze()
+        self.embed_tokens
+            .forward(ids, device, self.dtype)
+            .unsqueeze()
     }
 
     /// Runs `embeds` (`[1, n, H]`) at positions `cache.len()..cache.len() + n` and returns the

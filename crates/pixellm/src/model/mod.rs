@@ -21,6 +21,7 @@ use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
 
 use crate::config::{ClipVisionConfig, PixelLmConfig};
 use crate::error::{Error, Result};
+use crate::kernels::quant::Quant;
 use crate::weights::WeightFiles;
 use codebook::Codebook;
 use llm::Llama;
@@ -53,6 +54,8 @@ pub struct PixelLmModel {
     /// Checkpoint tensors the model never read, less the documented ones (`docs/model.md`
     /// §15.25): a sign of a checkpoint for another architecture or configuration.
     unused_tensors: Vec<String>,
+    /// [`PixelLmModel::weight_bytes`].
+    weight_bytes: u64,
 }
 
 /// Whether an unread checkpoint tensor is one the released checkpoints are known to carry
@@ -126,14 +129,18 @@ impl PixelLmModel {
         clip_config: &ClipVisionConfig,
         device: &Device,
         dtype: DType,
+        quant: Quant,
     ) -> Result<Self> {
-        let p = Params::random(device, dtype);
+        crate::kernels::check_quant(quant, device)?;
+        let p = Params::random(device, dtype).with_quant(quant);
         Self::build(config, clip_config, &p, &p)
     }
 
     /// Builds the model from opened PixelLM and CLIP checkpoints onto `device` in `dtype`.
     /// `progress(done, total)` follows the checkpoint bytes read (`total` counts every
     /// tensor in the files, including the few unused ones).
+    // The two checkpoints, the device and the two precision choices are each needed.
+    #[allow(clippy::too_many_arguments)]
     pub fn load(
         config: &PixelLmConfig,
         clip_config: &ClipVisionConfig,
@@ -141,23 +148,31 @@ impl PixelLmModel {
         clip_weights: &WeightFiles,
         device: &Device,
         dtype: DType,
+        quant: Quant,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Self> {
+        crate::kernels::check_quant(quant, device)?;
         let monitor =
             params::LoadMonitor::new(weights.total_bytes() + clip_weights.total_bytes(), progress);
-        let mut model = Self::build(
-            config,
-            clip_config,
-            &Params::new(weights, device, dtype).with_monitor(&monitor),
-            &Params::new(clip_weights, device, dtype).with_monitor(&monitor),
-        )
-        .map_err(|e| with_config_hint(e, config))?;
+        let root = Params::new(weights, device, dtype)
+            .with_monitor(&monitor)
+            .with_quant(quant);
+        let clip = Params::new(clip_weights, device, dtype).with_monitor(&monitor);
+        let mut model = Self::build(config, clip_config, &root, &clip)
+            .map_err(|e| with_config_hint(e, config))?;
+
         let clip_layers = model.vision.layers_used();
         let mut unused = monitor.unused(weights);
         unused.extend(monitor.unused(clip_weights));
         unused.retain(|n| !documented_unused(n, clip_layers));
         model.unused_tensors = unused;
         Ok(model)
+    }
+
+    /// Bytes the weights occupy on the device (dense tensors at their dtype's size, packed
+    /// matrices at their blocks' size; `bench --json`'s `weight_bytes`).
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
     }
 
     /// Checkpoint tensors this model never read, less those the released checkpoints are
@@ -253,6 +268,7 @@ impl PixelLmModel {
             device: device.clone(),
             dtype,
             unused_tensors: Vec::new(),
+            weight_bytes: root.weight_bytes_with(clip),
         })
     }
 
@@ -539,6 +555,7 @@ mod tests {
                 &clip,
                 &device,
                 DType::F32,
+                Quant::Stored,
                 &mut |_, _| {},
             )
             .unwrap()

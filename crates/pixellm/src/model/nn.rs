@@ -10,41 +10,81 @@
 //! The layers hold weights and shapes; how an op runs on the tensors' backend (CPU kernels,
 //! CUDA f32 products, Burn's ops) is [`crate::kernels`]' choice.
 
-use burn::tensor::{Int, Tensor};
+use std::sync::Arc;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::params::Params;
 use crate::error::Result;
 use crate::kernels;
+use crate::kernels::quant::QuantMatrix;
 
 // `x` in f32 and back: the casts around the f32 statistics of the norms (defined with the
 // backend router, whose Burn fallbacks use them too).
 pub use crate::kernels::{from_f32, to_f32};
 
+/// A `[rows, cols]` weight matrix: a device tensor, or blocks of a quantised format kept
+/// packed (`--quant`; GGUF `Q8_0`/`Q4_0`/`Q4_1`), shared between tied uses.
+// A Burn tensor handle is large (640 bytes) next to an `Arc`; boxing it would put one more
+// indirection on every dense product for a saving of bytes per layer.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Matrix {
+    /// A tensor in the model's dtype.
+    Dense(Tensor<2>),
+    /// Packed blocks ([`kernels::qlinear`] multiplies by them in place).
+    Packed(Arc<QuantMatrix>),
+}
+
+impl Matrix {
+    /// `[rows, cols]`.
+    pub fn dims(&self) -> [usize; 2] {
+        match self {
+            Self::Dense(t) => t.dims(),
+            Self::Packed(m) => [m.rows(), m.cols()],
+        }
+    }
+}
+
 /// `y = x·Wᵀ + b` with `W` stored `[out, in]` (PyTorch `nn.Linear`).
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// `[out, in]`.
-    pub weight: Tensor<2>,
+    pub weight: Matrix,
     /// `[out]`.
     pub bias: Option<Tensor<1>>,
 }
 
 impl Linear {
-    /// Loads `weight` (and `bias` when `bias`) from `p`, the layer's own key.
+    /// Loads `weight` (and `bias` when `bias`) from `p`, the layer's own key, as a dense
+    /// tensor.
     pub fn load(p: &Params, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
         Ok(Self {
-            weight: p.tensor("weight", [d_out, d_in])?,
-            bias: if bias {
-                Some(p.tensor("bias", [d_out])?)
-            } else {
-                None
-            },
+            weight: Matrix::Dense(p.tensor("weight", [d_out, d_in])?),
+            bias: Self::load_bias(p, d_out, bias)?,
         })
     }
 
-    /// Applies the layer to the last dimension of `x` ([`kernels::linear`]).
+    /// [`Linear::load`] with the weight packed or dense as `p`'s quantisation policy says
+    /// ([`Params::matrix`]): the LLM's matrices.
+    pub fn load_quantizable(p: &Params, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
+        Ok(Self {
+            weight: p.matrix("weight", [d_out, d_in])?,
+            bias: Self::load_bias(p, d_out, bias)?,
+        })
+    }
+
+    fn load_bias(p: &Params, d_out: usize, bias: bool) -> Result<Option<Tensor<1>>> {
+        bias.then(|| p.tensor("bias", [d_out])).transpose()
+    }
+
+    /// Applies the layer to the last dimension of `x` ([`kernels::linear`], or
+    /// [`kernels::qlinear`] for a packed weight).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        kernels::linear(x, &self.weight, self.bias.as_ref())
+        match &self.weight {
+            Matrix::Dense(w) => kernels::linear(x, w, self.bias.as_ref()),
+            Matrix::Packed(w) => kernels::qlinear(x, w, self.bias.as_ref()),
+        }
     }
 }
 
@@ -137,22 +177,39 @@ impl RmsNorm {
 /// A lookup table `[vocab, d]`.
 #[derive(Debug, Clone)]
 pub struct Embedding {
-    /// `[vocab, d]`.
-    pub weight: Tensor<2>,
+    /// `[vocab, d]`, dense or packed (then the looked-up rows are unpacked on the host).
+    pub weight: Matrix,
 }
 
 impl Embedding {
-    /// Loads `weight` from `p`, the table's own key.
+    /// Loads `weight` from `p`, the table's own key, packed or dense as `p`'s quantisation
+    /// policy says ([`Params::matrix`]).
     pub fn load(p: &Params, vocab: usize, d: usize) -> Result<Self> {
         Ok(Self {
-            weight: p.tensor("weight", [vocab, d])?,
+            weight: p.matrix("weight", [vocab, d])?,
         })
     }
 
+    /// The rows of `ids` (each below the vocabulary size), on `device`; a packed table's
+    /// rows come out in `dtype`.
+    ///
     /// # Shapes
     /// ids `[n]` -> `[n, d]`
-    pub fn forward(&self, ids: Tensor<1, Int>) -> Tensor<2> {
-        self.weight.clone().select(0, ids)
+    pub fn forward(&self, ids: &[i64], device: &Device, dtype: burn::tensor::DType) -> Tensor<2> {
+        match &self.weight {
+            Matrix::Dense(w) => {
+                let ids =
+                    Tensor::<1, Int>::from_data(TensorData::new(ids.to_vec(), [ids.len()]), device);
+                w.clone().select(0, ids)
+            }
+            Matrix::Packed(m) => {
+                let mut rows = Vec::with_capacity(ids.len() * m.cols());
+                for &id in ids {
+                    m.dequantize_row(id as usize, &mut rows);
+                }
+                kernels::upload(rows, [ids.len(), m.cols()], device, dtype)
+            }
+        }
     }
 }
 

@@ -6,10 +6,15 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
 
 use burn::tensor::{DType, Device, Distribution, Tensor};
 
+use super::nn::Matrix;
 use crate::error::Result;
+use crate::kernels::packed_on;
+use crate::kernels::quant::{Quant, QuantMatrix};
 use crate::weights::WeightFiles;
 
 /// Creates a float tensor of `shape` from host values on `device`, in `dtype` (defined with
@@ -82,6 +87,11 @@ pub struct Params<'a> {
     dtype: DType,
     prefix: String,
     monitor: Option<&'a LoadMonitor<'a>>,
+    /// How [`Params::matrix`] holds the weights it is asked for.
+    quant: Quant,
+    /// Bytes of the device tensors and packed matrices handed out, shared by every view
+    /// derived from one root.
+    bytes: Rc<Cell<u64>>,
 }
 
 impl<'a> Params<'a> {
@@ -93,6 +103,8 @@ impl<'a> Params<'a> {
             dtype,
             prefix: String::new(),
             monitor: None,
+            quant: Quant::Stored,
+            bytes: Rc::default(),
         }
     }
 
@@ -105,6 +117,8 @@ impl<'a> Params<'a> {
             dtype,
             prefix: String::new(),
             monitor: None,
+            quant: Quant::Stored,
+            bytes: Rc::default(),
         }
     }
 
@@ -117,6 +131,8 @@ impl<'a> Params<'a> {
             dtype,
             prefix: String::new(),
             monitor: None,
+            quant: Quant::Stored,
+            bytes: Rc::default(),
         }
     }
 
@@ -132,6 +148,8 @@ impl<'a> Params<'a> {
             dtype,
             prefix: String::new(),
             monitor: None,
+            quant: Quant::Stored,
+            bytes: Rc::default(),
         }
     }
 
@@ -141,6 +159,94 @@ impl<'a> Params<'a> {
             monitor: Some(monitor),
             ..self
         }
+    }
+
+    /// Holds the matrices [`Params::matrix`] loads as `quant` says (default
+    /// [`Quant::Stored`]). Packing happens only where the device multiplies packed
+    /// matrices ([`packed_on`]); elsewhere every matrix is dense.
+    pub fn with_quant(self, quant: Quant) -> Self {
+        Self { quant, ..self }
+    }
+
+    /// The quantisation policy of this view.
+    pub fn quant(&self) -> Quant {
+        self.quant
+    }
+
+    /// Bytes of every weight this view and the views derived from it handed out: dense
+    /// tensors at their dtype's size, packed matrices at their blocks' size (the model's
+    /// weight memory on the device).
+    pub fn weight_bytes(&self) -> u64 {
+        self.bytes.get()
+    }
+
+    /// [`Params::weight_bytes`] of this view and `other` together (once when both come
+    /// from one root).
+    pub fn weight_bytes_with(&self, other: &Params) -> u64 {
+        if Rc::ptr_eq(&self.bytes, &other.bytes) {
+            self.weight_bytes()
+        } else {
+            self.weight_bytes() + other.weight_bytes()
+        }
+    }
+
+    fn count<const D: usize>(&self, t: &Tensor<D>) {
+        let n: usize = t.dims().iter().product();
+        self.bytes
+            .set(self.bytes.get() + (n * t.dtype().size()) as u64);
+    }
+
+    /// Reads the `[rows, cols]` matrix `name`, dense or packed as this view's quantisation
+    /// says ([`Quant::target`]): a tensor a GGUF file stores in the target format stays in
+    /// its blocks; a float one is quantised at load (rows of a multiple of 32 values only,
+    /// others stay dense).
+    pub fn matrix(&self, name: &str, shape: [usize; 2]) -> Result<Matrix> {
+        let dense = || self.tensor(name, shape).map(Matrix::Dense);
+        if !packed_on(self.device) {
+            return dense();
+        }
+        let key = self.key(name);
+        let (stored, values) = match self.source {
+            Source::Files(files) => {
+                let stored = files.packed_format(&key);
+                match self.quant.target(stored) {
+                    None => return dense(),
+                    Some(f) if Some(f) == stored => {
+                        let m = files.read_packed(&key, shape)?;
+                        if let Some(mon) = self.monitor {
+                            mon.add(&key, files.stored_bytes(&key));
+                        }
+                        return Ok(self.packed(m));
+                    }
+                    Some(f) => (f, None),
+                }
+            }
+            Source::Random => match self.quant.target(None) {
+                None => return dense(),
+                Some(f) => (f, Some(random_host(&key, &shape))),
+            },
+            Source::Map(_) | Source::Record(_) => return dense(),
+        };
+        if !shape[1].is_multiple_of(crate::kernels::quant::BLOCK) {
+            return dense();
+        }
+        let values = match values {
+            Some(v) => v,
+            None => self.host(name, &shape)?,
+        };
+        let m = QuantMatrix::quantize(stored, shape[0], shape[1], &values).map_err(|msg| {
+            crate::Error::Tensor {
+                file: "--quant".into(),
+                name: key,
+                msg,
+            }
+        })?;
+        Ok(self.packed(m))
+    }
+
+    fn packed(&self, m: QuantMatrix) -> Matrix {
+        self.bytes.set(self.bytes.get() + m.bytes().len() as u64);
+        Matrix::Packed(Arc::new(m))
     }
 
     /// A view one level down: `pp("layers").pp(3)` reads `layers.3.*`.
@@ -210,9 +316,11 @@ impl<'a> Params<'a> {
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
         match self.source {
             Source::Map(map) => {
-                return Ok(map_entry(map, &self.key(name), &shape)?
+                let t = map_entry(map, &self.key(name), &shape)?
                     .clone()
-                    .reshape(shape))
+                    .reshape(shape);
+                self.count(&t);
+                return Ok(t);
             }
             Source::Record(names) => {
                 names.borrow_mut().push((self.key(name), shape.to_vec()));
@@ -222,11 +330,14 @@ impl<'a> Params<'a> {
         }
         if let Source::Random = self.source {
             let options = (self.device, self.dtype);
-            if D == 1 {
-                return Ok(Tensor::ones(shape, options));
-            }
-            let a = 1.0 / (shape[D - 1] as f64).sqrt();
-            return Ok(Tensor::random(shape, Distribution::Uniform(-a, a), options));
+            let t = if D == 1 {
+                Tensor::ones(shape, options)
+            } else {
+                let a = 1.0 / (shape[D - 1] as f64).sqrt();
+                Tensor::random(shape, Distribution::Uniform(-a, a), options)
+            };
+            self.count(&t);
+            return Ok(t);
         }
         let values = self.host(name, &shape)?;
         Ok(self.upload(values, shape))
@@ -234,7 +345,9 @@ impl<'a> Params<'a> {
 
     /// Creates a device tensor (in this view's dtype) from host values.
     pub fn upload<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
-        upload(values, shape, self.device, self.dtype)
+        let t = upload(values, shape, self.device, self.dtype);
+        self.count(&t);
+        t
     }
 }
 

@@ -19,6 +19,7 @@ use super::layout::{contiguous_strides, StoredDType};
 use super::{map_file, Bytes, Entry, Source, TensorInfo};
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
+use crate::kernels::quant::{QuantFormat, QuantMatrix};
 
 /// Data-section alignment when `general.alignment` is absent (`GGUF_DEFAULT_ALIGNMENT`).
 pub const DEFAULT_ALIGNMENT: u64 = 32;
@@ -794,6 +795,65 @@ impl GgufFile {
         }
     }
 
+    /// The GGUF block format `hf_name` is stored in, when it is one the runtime keeps packed
+    /// (`Q8_0`, `Q4_0`, `Q4_1`); `None` for float tensors, other formats and unknown names.
+    pub fn packed_format(&self, hf_name: &str) -> Option<QuantFormat> {
+        let &i = self.by_hf_name.get(hf_name)?;
+        match self.tensors[i].ty {
+            GgmlType::Q8_0 => Some(QuantFormat::Q8_0),
+            GgmlType::Q4_0 => Some(QuantFormat::Q4_0),
+            GgmlType::Q4_1 => Some(QuantFormat::Q4_1),
+            _ => None,
+        }
+    }
+
+    /// A matrix stored in a packed format ([`GgufFile::packed_format`]) as its blocks, rows
+    /// in Hugging Face order (q/k rows un-permuted as [`GgufFile::read_f32_hf`] does),
+    /// checking the shape and the block count.
+    pub fn read_packed_hf(&self, hf_name: &str, expected_shape: [usize; 2]) -> Result<QuantMatrix> {
+        let &i = self
+            .by_hf_name
+            .get(hf_name)
+            .ok_or_else(|| Error::MissingTensor {
+                name: hf_name.to_string(),
+                searched: self.source.label.clone(),
+                expected: expected_shape.to_vec(),
+            })?;
+        let t = &self.tensors[i];
+        let format = self.packed_format(hf_name).ok_or_else(|| {
+            self.tensor_error(hf_name, format!("{} is not a packed block format", t.ty))
+        })?;
+        if t.dims() != expected_shape {
+            return Err(self.tensor_error(
+                hf_name,
+                format!(
+                    "shape {:?} but expected {expected_shape:?} (GGUF tensor `{}`, {})",
+                    t.dims(),
+                    t.name,
+                    t.ty
+                ),
+            ));
+        }
+        let bytes = self
+            .source
+            .bytes
+            .as_slice()
+            .get(t.start..)
+            .and_then(|s| s.get(..t.n_bytes))
+            .ok_or_else(|| self.tensor_error(hf_name, "data lies outside the file".into()))?;
+        let [rows, cols] = expected_shape;
+        let m = QuantMatrix::from_blocks(format, rows, cols, bytes.to_vec())
+            .map_err(|msg| self.tensor_error(hf_name, msg))?;
+        match self.qk_heads(t)? {
+            Some(heads) => {
+                let order =
+                    unpermuted_order(rows, heads).map_err(|msg| self.tensor_error(hf_name, msg))?;
+                Ok(m.select_rows(&order))
+            }
+            None => Ok(m),
+        }
+    }
+
     /// The LLaMA hyper-parameters from the `llama.*` metadata. Refuses other architectures
     /// and llama-architecture variants the model code cannot run (mixture of experts, RoPE
     /// scaling, partial rotary embedding).
@@ -1184,6 +1244,30 @@ pub fn hf_name_of(gguf_name: &str) -> Option<String> {
 /// Undoes `LlamaModel.permute` of llama.cpp's converter: within each head, row `2i + j`
 /// (pairs rotated together by ggml's RoPE) goes back to row `j·head_dim/2 + i` (halves
 /// rotated together by `rotate_half`). `data` is `[rows, cols]` row-major.
+/// Row `i` of the Hugging Face matrix is row `order[i]` of llama.cpp's RoPE-permuted one
+/// (the row map of [`unpermute_rows`], for packed matrices whose rows move whole).
+fn unpermuted_order(rows: usize, n_heads: usize) -> Result<Vec<usize>, String> {
+    if n_heads
+        .checked_mul(2)
+        .is_none_or(|h2| h2 == 0 || !rows.is_multiple_of(h2))
+    {
+        return Err(format!(
+            "{rows} rows cannot be split into {n_heads} heads of even size to undo llama.cpp's RoPE permutation"
+        ));
+    }
+    let head_dim = rows / n_heads;
+    let half = head_dim / 2;
+    let mut order = vec![0; rows];
+    for h in 0..n_heads {
+        for i in 0..half {
+            for j in 0..2 {
+                order[h * head_dim + j * half + i] = h * head_dim + 2 * i + j;
+            }
+        }
+    }
+    Ok(order)
+}
+
 fn unpermute_rows(data: &[f32], rows: usize, n_heads: usize) -> Result<Vec<f32>, String> {
     if n_heads
         .checked_mul(2)

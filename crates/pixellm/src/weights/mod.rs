@@ -24,6 +24,8 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 
 pub use layout::StoredDType;
+
+use crate::kernels::quant::{QuantFormat, QuantMatrix};
 pub use pickle::{parse_plain_pickle, read_plain_pickle, write_plain_pickle, MAX_PLAIN_DEPTH};
 
 /// Shape and element type of a stored tensor.
@@ -372,6 +374,26 @@ impl WeightFiles {
             name: name.to_string(),
             msg,
         })
+    }
+
+    /// The packed block format `name` is stored in (GGUF `Q8_0`, `Q4_0`, `Q4_1`), if any.
+    pub fn packed_format(&self, name: &str) -> Option<QuantFormat> {
+        let entry = self.tensors.get(name)?;
+        self.gguf_of(entry)?.packed_format(name)
+    }
+
+    /// A matrix stored in a packed block format ([`WeightFiles::packed_format`]) as its
+    /// blocks, shape and block count checked.
+    pub fn read_packed(&self, name: &str, expected_shape: [usize; 2]) -> Result<QuantMatrix> {
+        let entry = self.entry(name, &expected_shape)?;
+        match self.gguf_of(entry) {
+            Some(g) => g.read_packed_hf(name, expected_shape),
+            None => Err(Error::Tensor {
+                file: entry.source.label.clone(),
+                name: name.to_string(),
+                msg: format!("{:?} is not a packed block format", entry.info.dtype),
+            }),
+        }
     }
 
     /// Reads a float tensor as `f32` without a shape check; returns its shape too.

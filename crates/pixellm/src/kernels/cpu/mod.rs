@@ -28,8 +28,9 @@ pub(crate) mod blas;
 mod gemm;
 mod math;
 mod ops;
+mod qgemm;
 mod views;
 
 pub(super) use ops::{
-    attention, conv2d, gelu, layer_norm, layer_norm_2d, linear, quick_gelu, resize, silu,
+    attention, conv2d, gelu, layer_norm, layer_norm_2d, linear, qlinear, quick_gelu, resize, silu,
 };

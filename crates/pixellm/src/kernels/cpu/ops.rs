@@ -11,7 +11,9 @@ use rayon::prelude::*;
 
 use super::gemm::{gemv, matmul_into, matmul_raw, PARALLEL_GEMM};
 use super::math::{dispatch, erf, exp, lane_fold, lane_sum, sigmoid, LANES};
+use super::qgemm;
 use super::views::{host_vec, in_place, is_cpu_f32, with_strided, with_view, SendPtr};
+use crate::kernels::quant::QuantMatrix;
 
 /// Elements per parallel task for the element-wise kernels (64 KiB of f32).
 const CHUNK: usize = 16 * 1024;
@@ -157,6 +159,48 @@ pub fn linear(
         Some(y) => Ok(Tensor::from_data(
             burn::tensor::TensorData::new(y, [rows, d_out]),
             &x.device(),
+        )),
+        None => Err(x),
+    }
+}
+
+/// `y = x·Wᵀ + b` for `x` `[rows, in]` and a packed `W` `[out, in]` on the CPU backend
+/// ([`qgemm::qmatmul`]: integer block dot products, the matrix never unpacked); `Err(x)` for
+/// another backend or dtype or mismatched shapes.
+pub fn qlinear(
+    x: Tensor<2>,
+    weight: &QuantMatrix,
+    bias: Option<&Tensor<1>>,
+) -> Result<Tensor<2>, Tensor<2>> {
+    let [rows, d_in] = x.dims();
+    let d_out = weight.rows();
+    let bias_fits = bias.is_none_or(|b| is_cpu_f32(b) && b.dims() == [d_out]);
+    if weight.cols() != d_in || rows == 0 || !bias_fits || !is_cpu_f32(&x) {
+        return Err(x);
+    }
+    let device = x.device();
+    let mut y = match bias.map(host_vec) {
+        Some(b) => b.repeat(rows),
+        None => vec![0.0; rows * d_out],
+    };
+    let out = with_strided(&x, |xv| {
+        let [rs, cs] = xv.strides;
+        let xs = &xv.data[xv.offset..];
+        let dense: Vec<f32>;
+        let values = if cs == 1 && rs == d_in {
+            &xs[..rows * d_in]
+        } else {
+            dense = (0..rows * d_in)
+                .map(|i| xs[(i / d_in) * rs + (i % d_in) * cs])
+                .collect();
+            &dense[..]
+        };
+        qgemm::qmatmul(&mut y, values, weight, false);
+    });
+    match out {
+        Some(()) => Ok(Tensor::from_data(
+            burn::tensor::TensorData::new(y, [rows, d_out]),
+            &device,
         )),
         None => Err(x),
     }
