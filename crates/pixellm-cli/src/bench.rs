@@ -302,18 +302,19 @@ fn dtype_bytes(dtype: DType) -> u64 {
 }
 
 /// LLM weight bytes one decode step reads: every layer's projections and the LM head (at
-/// the packed format's bytes per value under `quant`), and the norms.
+/// the packed format's bytes per value under `quant`; the head at 8 bits at most), and the
+/// norms.
 fn decode_bytes(c: &LlamaConfig, dtype: DType, quant: Quant) -> u64 {
     let (h, i) = (c.hidden_size as u64, c.intermediate_size as u64);
     let kv = (c.num_key_value_heads * c.head_dim()) as u64;
-    let matrices =
-        c.num_hidden_layers as u64 * (2 * h * h + 2 * h * kv + 3 * h * i) + c.vocab_size as u64 * h;
-    let norms = (2 * c.num_hidden_layers as u64 + 1) * h * dtype_bytes(dtype);
-    let matrix_bytes = match quant.target(None) {
-        Some(f) if h.is_multiple_of(32) => matrices / 32 * f.block_bytes() as u64,
-        _ => matrices * dtype_bytes(dtype),
+    let layers = c.num_hidden_layers as u64 * (2 * h * h + 2 * h * kv + 3 * h * i);
+    let head = c.vocab_size as u64 * h;
+    let bytes = |values: u64, quant: Quant| match quant.target(None) {
+        Some(f) if h.is_multiple_of(32) => values / 32 * f.block_bytes() as u64,
+        _ => values * dtype_bytes(dtype),
     };
-    matrix_bytes + norms
+    let norms = (2 * c.num_hidden_layers as u64 + 1) * h * dtype_bytes(dtype);
+    bytes(layers, quant) + bytes(head, quant.for_output()) + norms
 }
 
 /// Best-of-5 bandwidth of an elementwise copy over 256 MB (f32) on `device`, GB/s.

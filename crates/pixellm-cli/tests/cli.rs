@@ -989,3 +989,110 @@ fn shipped_model_scores_above_a_floor_on_generated_scenes() {
 /// models/pixellm-shapes/README.md; the floor sits below it so that only a real
 /// regression fails).
 const SHIPPED_GIOU_FLOOR: f64 = 0.45;
+
+// ---- quantisation: perplexity, bench --quant ------------------------------------------------
+
+/// `pixellm perplexity` with its fixed interface on the built-in model: the JSON holds
+/// `perplexity` and `tokens`; `--quant q8` packs the LLM (fewer weight bytes) and scores
+/// within 1 % of the unpacked model; a bad `--quant` and a missing text are one-line errors.
+#[test]
+fn perplexity_json_and_quant_through_the_cli() {
+    let root = scratch("perplexity");
+    let text = root.join("text.txt");
+    std::fs::write(
+        &text,
+        "Please segment the red circle and the blue star. Sure, the red circle is [SEG0] [SEG1] \
+         [SEG2] [SEG3] [SEG4] [SEG5] and the blue star is [SEG0] [SEG1] [SEG2] [SEG3] [SEG4] [SEG5].",
+    )
+    .unwrap();
+    let mut scores = Vec::new();
+    for quant in ["none", "q8"] {
+        let json = root.join(format!("{quant}.json"));
+        run_ok(
+            pixellm()
+                .args(["perplexity", "--text"])
+                .arg(&text)
+                .args([
+                    "--quant",
+                    quant,
+                    "--ctx",
+                    "64",
+                    "--max-tokens",
+                    "200",
+                    "--json",
+                ])
+                .arg(&json),
+        );
+        let j = read_json(&json);
+        let (ppl, tokens) = (
+            j["perplexity"].as_f64().unwrap(),
+            j["tokens"].as_u64().unwrap(),
+        );
+        assert!(ppl.is_finite() && ppl >= 1.0, "{quant}: perplexity {ppl}");
+        assert!(tokens > 20, "{quant}: {tokens} tokens");
+        eprintln!(
+            "--quant {quant}: perplexity {ppl:.4} over {tokens} tokens, {} weight bytes",
+            j["weight_bytes"]
+        );
+        scores.push((ppl, j["weight_bytes"].as_u64().unwrap()));
+    }
+    let ((dense, dense_bytes), (q8, q8_bytes)) = (scores[0], scores[1]);
+    assert!(q8_bytes < dense_bytes, "{q8_bytes} vs {dense_bytes}");
+    assert!((q8 - dense).abs() / dense <= 0.01, "q8 {q8} vs {dense}");
+
+    let bad = pixellm()
+        .args(["perplexity", "--text"])
+        .arg(&text)
+        .args(["--quant", "q3"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && stderr.contains("q3") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    let missing = pixellm()
+        .args(["perplexity", "--text"])
+        .arg(root.join("nope.txt"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success(), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("nope.txt"), "{stderr}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// `bench --json` reports `weight_bytes` for every `--quant`; packing shrinks it.
+#[test]
+fn bench_reports_weight_bytes_per_quant() {
+    let root = scratch("bench-quant");
+    let mut bytes = Vec::new();
+    for quant in ["none", "q8", "q4"] {
+        let json = root.join(format!("{quant}.json"));
+        run_ok(
+            pixellm()
+                .args([
+                    "-q",
+                    "bench",
+                    "--iters",
+                    "1",
+                    "--new-tokens",
+                    "2",
+                    "--prompt-tokens",
+                    "4",
+                ])
+                .args(["--quant", quant, "--json"])
+                .arg(&json),
+        );
+        let j = read_json(&json);
+        assert_eq!(j["quant"], quant);
+        bytes.push(j["weight_bytes"].as_u64().unwrap());
+    }
+    eprintln!(
+        "tiny shape weight bytes: none {}, q8 {}, q4 {}",
+        bytes[0], bytes[1], bytes[2]
+    );
+    assert!(bytes[0] > bytes[1] && bytes[1] > bytes[2], "{bytes:?}");
+    std::fs::remove_dir_all(&root).unwrap();
+}

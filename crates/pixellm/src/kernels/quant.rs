@@ -54,6 +54,17 @@ impl Quant {
         }
     }
 
+    /// The policy for the vision tower's projections: packed at 8 bits under `q4` only (a
+    /// fifth of a 7B's weights in f32: without it `q4` keeps 0.35× of the f32 bytes at the
+    /// mid shape, with it 0.20×); dense otherwise, since the masks are read from its
+    /// features (at 8 bits under `q8` the kit's greedy ids moved at a 2 % margin).
+    pub fn for_vision(self) -> Self {
+        match self {
+            Self::Q4 => Self::Q8,
+            _ => Self::None,
+        }
+    }
+
     /// Parses `none`, `q8`, `q4` (and `stored`).
     pub fn parse(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {

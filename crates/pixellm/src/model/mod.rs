@@ -133,7 +133,9 @@ impl PixelLmModel {
     ) -> Result<Self> {
         crate::kernels::check_quant(quant, device)?;
         let p = Params::random(device, dtype).with_quant(quant);
-        Self::build(config, clip_config, &p, &p)
+        // As `load` (one weight counter for both views).
+        let clip = p.clone().with_quant(quant.for_vision());
+        Self::build(config, clip_config, &p, &clip)
     }
 
     /// Builds the model from opened PixelLM and CLIP checkpoints onto `device` in `dtype`.
@@ -157,7 +159,9 @@ impl PixelLmModel {
         let root = Params::new(weights, device, dtype)
             .with_monitor(&monitor)
             .with_quant(quant);
-        let clip = Params::new(clip_weights, device, dtype).with_monitor(&monitor);
+        let clip = Params::new(clip_weights, device, dtype)
+            .with_monitor(&monitor)
+            .with_quant(quant.for_vision());
         let mut model = Self::build(config, clip_config, &root, &clip)
             .map_err(|e| with_config_hint(e, config))?;
 

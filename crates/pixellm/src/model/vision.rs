@@ -40,19 +40,21 @@ pub struct ClipEncoderLayer {
 }
 
 impl ClipEncoderLayer {
+    /// The projections are dense or packed as `p`'s quantisation says
+    /// (`PixelLmModel::load` gives the tower `Quant::for_vision`).
     fn load(p: &Params, c: &ClipVisionConfig) -> Result<Self> {
         let d = c.hidden_size;
         let attn = p.pp("self_attn");
         let mlp = p.pp("mlp");
         Ok(Self {
             layer_norm1: LayerNorm::load(&p.pp("layer_norm1"), d, c.layer_norm_eps)?,
-            q_proj: Linear::load(&attn.pp("q_proj"), d, d, true)?,
-            k_proj: Linear::load(&attn.pp("k_proj"), d, d, true)?,
-            v_proj: Linear::load(&attn.pp("v_proj"), d, d, true)?,
-            out_proj: Linear::load(&attn.pp("out_proj"), d, d, true)?,
+            q_proj: Linear::load_quantizable(&attn.pp("q_proj"), d, d, true)?,
+            k_proj: Linear::load_quantizable(&attn.pp("k_proj"), d, d, true)?,
+            v_proj: Linear::load_quantizable(&attn.pp("v_proj"), d, d, true)?,
+            out_proj: Linear::load_quantizable(&attn.pp("out_proj"), d, d, true)?,
             layer_norm2: LayerNorm::load(&p.pp("layer_norm2"), d, c.layer_norm_eps)?,
-            fc1: Linear::load(&mlp.pp("fc1"), d, c.intermediate_size, true)?,
-            fc2: Linear::load(&mlp.pp("fc2"), c.intermediate_size, d, true)?,
+            fc1: Linear::load_quantizable(&mlp.pp("fc1"), d, c.intermediate_size, true)?,
+            fc2: Linear::load_quantizable(&mlp.pp("fc2"), c.intermediate_size, d, true)?,
             heads: c.num_attention_heads,
         })
     }

@@ -1707,3 +1707,32 @@ fn smollm2_every_tensor_dequantises_and_weight_files_serve_it() {
         1.7578125
     );
 }
+
+#[test]
+fn packed_reads_keep_the_blocks_and_unpermute_whole_rows() {
+    let f = open(tiny_llama().build()).unwrap();
+    let q_name = "model.layers.0.self_attn.q_proj.weight";
+    assert_eq!(f.packed_format(q_name), Some(QuantFormat::Q8_0));
+    assert_eq!(
+        f.packed_format("model.layers.0.self_attn.k_proj.weight"),
+        None
+    );
+    let q = f.read_packed_hf(q_name, [HIDDEN, IN]).unwrap();
+    assert_eq!(q.format(), QuantFormat::Q8_0);
+    // The same rows as the dequantising reader, in Hugging Face order, with the stored bytes.
+    assert_eq!(q.dequantize(), hf_q());
+    assert_eq!(q.bytes().len(), HIDDEN * IN / 32 * 34);
+    // Wrong shape, float tensor, unknown name: one-line errors naming the tensor.
+    let e = f
+        .read_packed_hf(q_name, [IN, HIDDEN])
+        .unwrap_err()
+        .to_string();
+    assert_contains(&e, &[q_name, "shape", "expected"]);
+    let e = f
+        .read_packed_hf("model.layers.0.self_attn.k_proj.weight", [8, IN])
+        .unwrap_err()
+        .to_string();
+    assert_contains(&e, &["k_proj", "not a packed block format"]);
+    assert!(f.read_packed_hf("model.nothing.weight", [1, 32]).is_err());
+    assert!(!e.contains('\n'));
+}
