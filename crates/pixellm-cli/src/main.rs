@@ -58,6 +58,9 @@ enum Command {
     /// Perplexity of a GGUF LLaMA-family model or PixelLM's LLM over a text file (checks a
     /// quantisation against the unquantised model).
     Perplexity(perplexity::PerplexityArgs),
+    /// Write a PixelLM directory with its large matrices packed (q8 or q4), once, for every
+    /// command to load.
+    Quantize(QuantizeArgs),
     /// An OpenAI-compatible HTTP server that answers with text and masks.
     Serve(serve::ServeArgs),
     /// Datasets: `data synth` generates multi-target shape scenes in MUSE's format.
@@ -94,6 +97,24 @@ struct ChatArgs {
     max_new_tokens: usize,
     /// The question; omit it for an interactive session.
     question: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct QuantizeArgs {
+    /// PixelLM Hugging Face directory (config.json, tokenizer, weights).
+    #[arg(long)]
+    model: PathBuf,
+    /// CLIP vision tower directory; default: the config's `vision_tower`, resolved as
+    /// `segment` does. A tower inside the model directory is written with it (packed at 8
+    /// bits under q4); one elsewhere is referred to by its absolute path.
+    #[arg(long)]
+    vision_tower: Option<PathBuf>,
+    /// q8 or q4 (what each packs: docs/quantization.md).
+    #[arg(long, value_name = "QUANT", value_parser = parse_quant)]
+    quant: Quant,
+    /// Output directory (created; the `--out` rules of `segment` apply).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -199,6 +220,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::eval(args),
         Command::Serve(args) => serve::serve(args),
         Command::Perplexity(args) => perplexity::run(args),
+        Command::Quantize(args) => quantize(args),
         #[cfg(feature = "train")]
         Command::Train(args) => train::train(args),
         Command::Data {
@@ -422,6 +444,34 @@ fn chat(args: ChatArgs) -> pixellm::Result<()> {
         }
         ask(line, &mut history)?;
     }
+    Ok(())
+}
+
+fn quantize(args: QuantizeArgs) -> pixellm::Result<()> {
+    pixellm::output::check_dir(&args.out, pixellm::weights::quantize::MANIFEST)?;
+    let start = std::time::Instant::now();
+    let mut bar = progress::Bar::new("quantize (tensors)", 0);
+    let report = pixellm::weights::quantize::quantize_dir(
+        &args.model,
+        args.vision_tower.as_deref(),
+        args.quant,
+        &args.out,
+        &mut |done, total| {
+            bar.set_total(total as u64);
+            bar.set(done as u64, "");
+        },
+    )?;
+    bar.finish("done");
+    progress::note(&format!(
+        "wrote {}: {} matrices packed ({}), {} tensors as stored; {:.1} MB → {:.1} MB in {:.1} s",
+        args.out.display(),
+        report.packed,
+        args.quant.name(),
+        report.dense,
+        report.bytes_in as f64 / 1e6,
+        report.bytes_out as f64 / 1e6,
+        start.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
 

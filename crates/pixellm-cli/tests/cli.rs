@@ -1096,3 +1096,96 @@ fn bench_reports_weight_bytes_per_quant() {
     assert!(bytes[0] > bytes[1] && bytes[1] > bytes[2], "{bytes:?}");
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// `pixellm quantize` writes a directory every command loads: segmenting the README example
+/// with it gives exactly what loading the original with `--quant q4` gives (same blocks,
+/// same text, same mask bytes), with the same weight bytes; the source stays untouched, and
+/// a quantisation without packing is refused.
+#[test]
+fn quantize_writes_a_model_that_loads_packed() {
+    let root = scratch("quantize");
+    let source = repo().join("models/pixellm-shapes");
+    let before = snapshot(&source);
+    let packed = root.join("shapes-q4");
+    run_ok(
+        pixellm()
+            .args(["quantize", "--model"])
+            .arg(&source)
+            .args(["--quant", "q4", "--out"])
+            .arg(&packed),
+    );
+    assert_eq!(snapshot(&source), before, "the source model changed");
+    let manifest = read_json(&packed.join("quantize.json"));
+    assert_eq!(manifest["quant"], "q4");
+    assert!(manifest["packed"].as_u64().unwrap() > 0, "{manifest}");
+    let segment = |model: &std::path::Path, quant: Option<&str>, out: &std::path::Path| {
+        let mut cmd = pixellm();
+        cmd.args(["segment", "--model"]).arg(model);
+        if let Some(q) = quant {
+            cmd.args(["--quant", q]);
+        }
+        run_ok(
+            cmd.args(["--image"])
+                .arg(repo().join("examples/shapes.png"))
+                .args([
+                    "--prompt",
+                    "Please segment the red circle and the blue star.",
+                    "--out",
+                ])
+                .arg(out),
+        );
+        read_json(&out.join("result.json"))
+    };
+    let (a, b) = (root.join("a"), root.join("b"));
+    let (from_dir, at_load) = (segment(&packed, None, &a), segment(&source, Some("q4"), &b));
+    assert_eq!(from_dir["text"], at_load["text"]);
+    let targets = from_dir["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), at_load["targets"].as_array().unwrap().len());
+    assert!(!targets.is_empty(), "{from_dir}");
+    for t in targets {
+        let mask = t["mask"].as_str().unwrap();
+        assert!(
+            std::fs::read(a.join(mask)).unwrap() == std::fs::read(b.join(mask)).unwrap(),
+            "{mask} differs"
+        );
+    }
+    let bytes = |model: &std::path::Path, quant: Option<&str>, tag: &str| {
+        let text = root.join("text.txt");
+        std::fs::write(&text, "Please segment the red circle and the blue star.").unwrap();
+        let json = root.join(format!("{tag}.json"));
+        let mut cmd = pixellm();
+        cmd.args(["perplexity", "--model"])
+            .arg(model)
+            .args(["--text"])
+            .arg(&text);
+        if let Some(q) = quant {
+            cmd.args(["--quant", q]);
+        }
+        run_ok(cmd.args(["--json"]).arg(&json));
+        read_json(&json)["weight_bytes"].as_u64().unwrap()
+    };
+    let (packed_bytes, load_bytes, dense_bytes) = (
+        bytes(&packed, None, "dir"),
+        bytes(&source, Some("q4"), "load"),
+        bytes(&source, Some("none"), "dense"),
+    );
+    eprintln!(
+        "weight bytes: quantized dir {packed_bytes}, --quant q4 {load_bytes}, none {dense_bytes}"
+    );
+    assert_eq!(packed_bytes, load_bytes);
+    assert!(packed_bytes < dense_bytes);
+    let none = pixellm()
+        .args(["quantize", "--model"])
+        .arg(&source)
+        .args(["--quant", "none", "--out"])
+        .arg(root.join("none"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&none.stderr);
+    assert!(
+        !none.status.success() && stderr.contains("q8 or q4"),
+        "{stderr}"
+    );
+    assert!(!root.join("none").exists());
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -58,9 +58,13 @@ impl Quant {
     /// fifth of a 7B's weights in f32: without it `q4` keeps 0.35× of the f32 bytes at the
     /// mid shape, with it 0.20×); dense otherwise, since the masks are read from its
     /// features (at 8 bits under `q8` the kit's greedy ids moved at a 2 % margin).
+    ///
+    /// As stored (the default), blocks a checkpoint holds (`pixellm quantize --quant q4`)
+    /// stay packed.
     pub fn for_vision(self) -> Self {
         match self {
             Self::Q4 => Self::Q8,
+            Self::Stored => Self::Stored,
             _ => Self::None,
         }
     }
@@ -467,6 +471,12 @@ mod tests {
         assert_eq!(Quant::Q4.target(Some(Q4_1)), Some(Q4_1));
         assert_eq!(Quant::Q4.target(Some(Q8_0)), Some(Q4_0));
         assert_eq!(Quant::Q4.target(None), Some(Q4_0));
+        // The embedding/head and the vision tower: 8 bits at most, blocks as stored kept.
+        assert_eq!(Quant::Q4.for_output(), Quant::Q8);
+        assert_eq!(Quant::Q8.for_output(), Quant::Q8);
+        assert_eq!(Quant::Q4.for_vision(), Quant::Q8);
+        assert_eq!(Quant::Q8.for_vision(), Quant::None);
+        assert_eq!(Quant::Stored.for_vision(), Quant::Stored);
         assert_eq!(Quant::parse("Q8").unwrap(), Quant::Q8);
         assert!(Quant::parse("q3").is_err());
     }

@@ -1135,6 +1135,7 @@ impl GgufFile {
                     region_len: t.n_bytes,
                     elem_offset: 0,
                     strides: contiguous_strides(&shape),
+                    packed: None,
                 };
                 (t.hf_name.clone(), entry)
             })

@@ -14,6 +14,7 @@
 pub mod gguf;
 mod layout;
 mod pickle;
+pub mod quantize;
 mod safetensors;
 
 use std::collections::HashMap;
@@ -72,6 +73,9 @@ pub(crate) struct Entry {
     /// View into the storage, in elements.
     pub(crate) elem_offset: usize,
     pub(crate) strides: Vec<usize>,
+    /// A matrix `pixellm quantize` stored in blocks (`shape` is then the logical
+    /// `[rows, cols]` and the region its packed bytes).
+    pub(crate) packed: Option<QuantFormat>,
 }
 
 /// A set of opened checkpoint files: tensor name -> (file, location).
@@ -329,8 +333,8 @@ impl WeightFiles {
         let Some(entry) = self.tensors.get(name) else {
             return 0;
         };
-        if self.gguf_of(entry).is_some() {
-            // A GGUF entry's region is exactly its (possibly quantised) bytes.
+        if self.gguf_of(entry).is_some() || entry.packed.is_some() {
+            // A GGUF or packed entry's region is exactly its (possibly quantised) bytes.
             return entry.region_len as u64;
         }
         let i = &entry.info;
@@ -369,6 +373,15 @@ impl WeightFiles {
         if let Some(g) = self.gguf_of(entry) {
             return g.read_f32_hf(name, expected_shape);
         }
+        if entry.packed.is_some() {
+            return Ok(packed_matrix(entry)
+                .map_err(|msg| Error::Tensor {
+                    file: entry.source.label.clone(),
+                    name: name.to_string(),
+                    msg,
+                })?
+                .dequantize());
+        }
         layout::read_f32(entry).map_err(|msg| Error::Tensor {
             file: entry.source.label.clone(),
             name: name.to_string(),
@@ -379,13 +392,29 @@ impl WeightFiles {
     /// The packed block format `name` is stored in (GGUF `Q8_0`, `Q4_0`, `Q4_1`), if any.
     pub fn packed_format(&self, name: &str) -> Option<QuantFormat> {
         let entry = self.tensors.get(name)?;
-        self.gguf_of(entry)?.packed_format(name)
+        entry
+            .packed
+            .or_else(|| self.gguf_of(entry)?.packed_format(name))
     }
 
     /// A matrix stored in a packed block format ([`WeightFiles::packed_format`]) as its
     /// blocks, shape and block count checked.
     pub fn read_packed(&self, name: &str, expected_shape: [usize; 2]) -> Result<QuantMatrix> {
         let entry = self.entry(name, &expected_shape)?;
+        let error = |msg: String| Error::Tensor {
+            file: entry.source.label.clone(),
+            name: name.to_string(),
+            msg,
+        };
+        if entry.packed.is_some() {
+            if entry.info.shape != expected_shape {
+                return Err(error(format!(
+                    "shape {:?} but expected {:?}",
+                    entry.info.shape, expected_shape
+                )));
+            }
+            return packed_matrix(entry).map_err(error);
+        }
         match self.gguf_of(entry) {
             Some(g) => g.read_packed_hf(name, expected_shape),
             None => Err(Error::Tensor {
@@ -402,6 +431,14 @@ impl WeightFiles {
         if let Some(g) = self.gguf_of(entry) {
             let data = g.read_f32_hf(name, &entry.info.shape)?;
             return Ok((entry.info.shape.clone(), data));
+        }
+        if entry.packed.is_some() {
+            let m = packed_matrix(entry).map_err(|msg| Error::Tensor {
+                file: entry.source.label.clone(),
+                name: name.to_string(),
+                msg,
+            })?;
+            return Ok((entry.info.shape.clone(), m.dequantize()));
         }
         let data = layout::read_f32(entry).map_err(|msg| Error::Tensor {
             file: entry.source.label.clone(),
@@ -469,3 +506,20 @@ fn parse_index(label: &str, text: &[u8]) -> Result<HashMap<String, String>> {
 
 #[cfg(test)]
 mod tests;
+
+/// The blocks of an entry `pixellm quantize` stored packed (format and shape checked at
+/// open; the region re-checked here).
+fn packed_matrix(entry: &Entry) -> std::result::Result<QuantMatrix, String> {
+    let format = entry.packed.ok_or("not a packed tensor")?;
+    let bytes = entry
+        .source
+        .bytes
+        .as_slice()
+        .get(entry.region_start..)
+        .and_then(|s| s.get(..entry.region_len))
+        .ok_or("data region lies outside the file")?;
+    let [rows, cols] = entry.info.shape[..] else {
+        return Err(format!("packed tensor of shape {:?}", entry.info.shape));
+    };
+    QuantMatrix::from_blocks(format, rows, cols, bytes.to_vec())
+}

@@ -160,6 +160,7 @@ pub(crate) fn parse_torch_zip(source: &Arc<Source>) -> Result<Vec<(String, Entry
             region_len,
             elem_offset: spec.offset,
             strides: spec.strides,
+            packed: None,
         };
         out.push((name, entry));
     }

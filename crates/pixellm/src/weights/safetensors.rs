@@ -12,6 +12,7 @@ use ::safetensors::{Dtype, SafeTensorError, SafeTensors};
 use super::layout::{contiguous_strides, StoredDType};
 use super::{Entry, Source, TensorInfo};
 use crate::error::{Error, Result};
+use crate::kernels::quant::QuantFormat;
 
 /// Bytes taken by the header-length field.
 const LEN_FIELD: usize = 8;
@@ -24,6 +25,17 @@ pub(crate) fn parse(source: &Arc<Source>) -> Result<Vec<(String, Entry)>> {
     let (_, metadata) = SafeTensors::read_metadata(bytes)
         .map_err(|e| Error::format(label, describe(&e, bytes, header_len)))?;
     let data_start = LEN_FIELD + header_len;
+    let notes = metadata.metadata().clone().unwrap_or_default();
+    for key in notes.keys() {
+        if let Some(name) = key.strip_prefix(PACKED_PREFIX) {
+            if !metadata.tensors().contains_key(name) {
+                return Err(Error::format(
+                    label,
+                    format!("metadata `{key}` names a tensor the file does not hold"),
+                ));
+            }
+        }
+    }
 
     let tensors = metadata.tensors();
     let mut out = Vec::with_capacity(tensors.len());
@@ -42,10 +54,25 @@ pub(crate) fn parse(source: &Arc<Source>) -> Result<Vec<(String, Entry)>> {
                 format!("tensor `{name}` has an overflowing data offset"),
             )
         })?;
-        let shape = info.shape.clone();
+        let (dtype, shape, packed) = match notes.get(&format!("{PACKED_PREFIX}{name}")) {
+            None => (map_dtype(info.dtype), info.shape.clone(), None),
+            Some(spec) => {
+                let (format, rows, cols) =
+                    packed_spec(spec, info.dtype, &info.shape).map_err(|msg| Error::Tensor {
+                        file: label.to_string(),
+                        name: name.clone(),
+                        msg,
+                    })?;
+                (
+                    StoredDType::Other(format.name()),
+                    vec![rows, cols],
+                    Some(format),
+                )
+            }
+        };
         let entry = Entry {
             info: TensorInfo {
-                dtype: map_dtype(info.dtype),
+                dtype,
                 shape: shape.clone(),
             },
             source: Arc::clone(source),
@@ -53,10 +80,62 @@ pub(crate) fn parse(source: &Arc<Source>) -> Result<Vec<(String, Entry)>> {
             region_len,
             elem_offset: 0,
             strides: contiguous_strides(&shape),
+            packed,
         };
         out.push((name, entry));
     }
     Ok(out)
+}
+
+/// The `__metadata__` key prefix that marks a tensor `pixellm quantize` stored in blocks:
+/// `"pixellm.packed.<tensor name>": "<format> <rows> <cols>"` (e.g. `"Q4_0 4096 11008"`),
+/// the tensor itself `U8 [bytes]` holding the blocks row by row exactly as GGUF does.
+pub const PACKED_PREFIX: &str = "pixellm.packed.";
+
+/// Checks a packed tensor's metadata against its stored bytes: a known format, a row length
+/// of whole blocks, and exactly `rows · cols / 32` blocks (a truncated or padded tensor,
+/// wrong block count or missing scales, is refused here, at open).
+fn packed_spec(
+    spec: &str,
+    dtype: Dtype,
+    shape: &[usize],
+) -> std::result::Result<(QuantFormat, usize, usize), String> {
+    let parts: Vec<&str> = spec.split_whitespace().collect();
+    let bad = || format!("packed metadata `{spec}` is not `<Q8_0|Q4_0|Q4_1> <rows> <cols>`");
+    let [format, rows, cols] = parts[..] else {
+        return Err(bad());
+    };
+    let format = match format {
+        "Q8_0" => QuantFormat::Q8_0,
+        "Q4_0" => QuantFormat::Q4_0,
+        "Q4_1" => QuantFormat::Q4_1,
+        _ => return Err(bad()),
+    };
+    let (rows, cols): (usize, usize) = match (rows.parse(), cols.parse()) {
+        (Ok(r), Ok(c)) => (r, c),
+        _ => return Err(bad()),
+    };
+    if dtype != Dtype::U8 || shape.len() != 1 {
+        return Err(format!(
+            "packed {format} blocks must be stored as U8 [bytes], not {dtype:?} {shape:?}"
+        ));
+    }
+    if cols == 0 || !cols.is_multiple_of(crate::kernels::quant::BLOCK) {
+        return Err(format!(
+            "{format} rows of {cols} values are not whole blocks of 32"
+        ));
+    }
+    let want = rows
+        .checked_mul(cols / crate::kernels::quant::BLOCK)
+        .and_then(|b| b.checked_mul(format.block_bytes()));
+    if want != Some(shape[0]) {
+        return Err(format!(
+            "{} bytes of {format} blocks, expected {} for [{rows}, {cols}] (truncated or wrong block count)",
+            shape[0],
+            want.map_or_else(|| "more than memory".into(), |w| w.to_string())
+        ));
+    }
+    Ok((format, rows, cols))
 }
 
 /// Returns the JSON header length after checking it against the buffer size.

@@ -868,3 +868,111 @@ fn mutated_safetensors_never_panic() {
         }
     }
 }
+
+// ---------- packed matrices (`pixellm quantize`) ----------
+
+/// A safetensors file holding one packed matrix `w` (`U8 [bytes]`) described by `spec`.
+fn packed_file(spec: &str, bytes: &[u8]) -> Vec<u8> {
+    safetensors_bytes(
+        &serde_json::json!({
+            "__metadata__": {"pixellm.packed.w": spec},
+            "w": {"dtype": "U8", "shape": [bytes.len()], "data_offsets": [0, bytes.len()]},
+        }),
+        bytes,
+    )
+}
+
+#[test]
+fn packed_safetensors_round_trip_and_dequantise() {
+    let values: Vec<f32> = (0..2 * 64).map(|i| (i as f32 - 60.0) / 17.0).collect();
+    let m = crate::kernels::quant::QuantMatrix::quantize(
+        crate::kernels::quant::QuantFormat::Q4_0,
+        2,
+        64,
+        &values,
+    )
+    .unwrap();
+    let files =
+        WeightFiles::from_bytes("q.safetensors", packed_file("Q4_0 2 64", m.bytes())).unwrap();
+    assert_eq!(files.info("w").unwrap().shape, vec![2, 64]);
+    assert_eq!(
+        files.packed_format("w"),
+        Some(crate::kernels::quant::QuantFormat::Q4_0)
+    );
+    assert_eq!(files.read_packed("w", [2, 64]).unwrap(), m);
+    // Readers that want floats get the dequantised values.
+    assert_eq!(files.read_f32("w", &[2, 64]).unwrap(), m.dequantize());
+    assert_eq!(files.stored_bytes("w"), 72);
+    assert_contains(
+        &err_text(files.read_packed("w", [64, 2])),
+        &["`w`", "shape [2, 64] but expected [64, 2]"],
+    );
+}
+
+#[test]
+fn malformed_packed_safetensors_are_refused_in_one_line() {
+    let blocks = vec![0u8; 72]; // 2 rows × 2 blocks × 18 bytes of Q4_0
+    let cases: [(&str, Vec<u8>, &[&str]); 6] = [
+        // A truncated tensor (a block's scale and values missing).
+        (
+            "Q4_0 2 64",
+            blocks[..54].to_vec(),
+            &["54 bytes of Q4_0 blocks, expected 72 for [2, 64]"],
+        ),
+        // The wrong block count for the stated shape.
+        (
+            "Q4_0 3 64",
+            blocks.clone(),
+            &["72 bytes of Q4_0 blocks, expected 108 for [3, 64]"],
+        ),
+        ("Q8_0 2 64", blocks.clone(), &["expected 136"]),
+        // Rows that are not whole blocks, unknown formats, garbled specs.
+        ("Q4_0 4 16", blocks.clone(), &["not whole blocks of 32"]),
+        (
+            "Q3_K 2 64",
+            blocks.clone(),
+            &["is not `<Q8_0|Q4_0|Q4_1> <rows> <cols>`"],
+        ),
+        (
+            "Q4_0 two 64",
+            blocks.clone(),
+            &["is not `<Q8_0|Q4_0|Q4_1> <rows> <cols>`"],
+        ),
+    ];
+    for (spec, bytes, want) in cases {
+        let e = err_text(WeightFiles::from_bytes(
+            "bad.safetensors",
+            packed_file(spec, &bytes),
+        ));
+        assert_contains(&e, want);
+        assert_contains(&e, &["bad.safetensors", "`w`"]);
+        assert!(!e.contains('\n'), "{e}");
+    }
+    // Metadata naming a tensor the file does not hold.
+    let bytes = safetensors_bytes(
+        &serde_json::json!({
+            "__metadata__": {"pixellm.packed.nope": "Q4_0 2 64"},
+            "w": {"dtype": "U8", "shape": [72], "data_offsets": [0, 72]},
+        }),
+        &blocks,
+    );
+    assert_contains(
+        &err_text(WeightFiles::from_bytes("bad.safetensors", bytes)),
+        &[
+            "pixellm.packed.nope",
+            "names a tensor the file does not hold",
+        ],
+    );
+    // Packed blocks must be bytes.
+    let bytes = safetensors_bytes(
+        &serde_json::json!({
+            "__metadata__": {"pixellm.packed.w": "Q4_0 2 64"},
+            "w": {"dtype": "F32", "shape": [18], "data_offsets": [0, 72]},
+        }),
+        &blocks,
+    );
+    assert_contains(
+        &err_text(WeightFiles::from_bytes("bad.safetensors", bytes)),
+        &["must be stored as U8 [bytes]"],
+    );
+}
