@@ -213,6 +213,37 @@ fn main() -> ExitCode {
         }
     }
     let result = match cli.command {
+        // The server's threads wait on sockets: they must not hold one of the pool's.
+        Command::Serve(args) => serve::serve(args),
+        command => on_the_pool(move || run(command)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `f` on one of the thread pool's workers rather than on the main thread.
+///
+/// The CPU kernels and Burn's CPU backend split their work over rayon's pool. Called from a
+/// thread outside the pool, every parallel operation is handed to the pool and the caller
+/// sleeps until it is done: a futex sleep and wake per operation, ~1,200 times per decoded
+/// token of SmolLM2 (`perf`: ~20 % of the samples). Called from a worker, an operation's
+/// first part runs on the calling thread and the others join in. Workers get the main
+/// thread's 8 MiB stack.
+fn on_the_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    // Only fails when a pool exists already (then that one is used).
+    let _ = rayon::ThreadPoolBuilder::new()
+        .stack_size(8 << 20)
+        .build_global();
+    rayon::scope(|_| f())
+}
+
+fn run(command: Command) -> pixellm::Result<()> {
+    match command {
         Command::Segment(args) => segment(args),
         Command::Devices => devices(),
         Command::Bench(args) => bench(args),
@@ -226,13 +257,6 @@ fn main() -> ExitCode {
         Command::Data {
             command: DataCommand::Synth(args),
         } => eval::synth(args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
     }
 }
 

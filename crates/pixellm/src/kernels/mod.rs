@@ -440,6 +440,29 @@ pub fn layer_norm<const D: usize>(
     y * weight.clone().unsqueeze() + bias.clone().unsqueeze()
 }
 
+/// LLaMA's RMSNorm over the last dimension: `x · rsqrt(mean(x²) + ε)` in f32, cast back,
+/// then scaled by `weight` (`[d]`) — the order of transformers' `LlamaRMSNorm`.
+pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: &Tensor<1>, eps: f64) -> Tensor<D> {
+    cpu_kernel_or!(x = rms_norm(x, weight, eps));
+    let dtype = x.dtype();
+    let x = to_f32(x);
+    let ms = x.clone().square().mean_dim(D - 1);
+    from_f32(x * (ms + eps).sqrt().recip(), dtype) * weight.clone().unsqueeze()
+}
+
+/// Rotary position embedding of `x` (`[B, heads, n, d]`) at positions `start..start + n`
+/// with the `cos`/`sin` tables (`[positions, d]`): `x · cos + rotate_half(x) · sin`.
+pub fn rope(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>, start: usize) -> Tensor<4> {
+    cpu_kernel_or!(x = rope(x, cos, sin, start));
+    let [_, _, n, d] = x.dims();
+    let cos = cos.clone().narrow(0, start, n).reshape([1, 1, n, d]);
+    let sin = sin.clone().narrow(0, start, n).reshape([1, 1, n, d]);
+    // rotate_half: `[x1, x2] -> [−x2, x1]` on the two halves of the last dimension.
+    let x1 = x.clone().narrow(3, 0, d / 2);
+    let x2 = x.clone().narrow(3, d / 2, d / 2);
+    x * cos + Tensor::cat(vec![x2.neg(), x1], 3) * sin
+}
+
 /// SAM's `LayerNorm2d` on `[N, C, H, W]`: each pixel normalised over its `C` channels
 /// (biased variance, in f32), then `weight`/`bias` (`[C]`) per channel.
 pub fn layer_norm_2d(x: Tensor<4>, weight: &Tensor<1>, bias: &Tensor<1>, eps: f64) -> Tensor<4> {

@@ -49,19 +49,8 @@ impl Rope {
 
     /// Rotates `x` (`[B, heads, n, d]`) for positions `start..start + n`.
     pub fn apply(&self, x: Tensor<4>, start: usize) -> Tensor<4> {
-        let [_, _, n, d] = x.dims();
-        let cos = self.cos.clone().narrow(0, start, n).reshape([1, 1, n, d]);
-        let sin = self.sin.clone().narrow(0, start, n).reshape([1, 1, n, d]);
-        x.clone() * cos + rotate_half(x) * sin
+        crate::kernels::rope(x, &self.cos, &self.sin, start)
     }
-}
-
-/// `[x1, x2] -> [−x2, x1]` on the two halves of the last dimension.
-fn rotate_half(x: Tensor<4>) -> Tensor<4> {
-    let d = x.dims()[3];
-    let x1 = x.clone().narrow(3, 0, d / 2);
-    let x2 = x.narrow(3, d / 2, d / 2);
-    Tensor::cat(vec![x2.neg(), x1], 3)
 }
 
 /// Keys and values of every layer for positions `0..len`, preallocated to `capacity` so a

@@ -167,10 +167,7 @@ impl RmsNorm {
     /// Normalises the last dimension of `x`: in f32, cast back, then scaled — the order
     /// of transformers' `LlamaRMSNorm`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let dtype = x.dtype();
-        let x = to_f32(x);
-        let ms = x.clone().square().mean_dim(D - 1);
-        from_f32(x * (ms + self.eps).sqrt().recip(), dtype) * self.weight.clone().unsqueeze()
+        kernels::rms_norm(x, &self.weight, self.eps)
     }
 }
 

@@ -32,5 +32,6 @@ mod qgemm;
 mod views;
 
 pub(super) use ops::{
-    attention, conv2d, gelu, layer_norm, layer_norm_2d, linear, qlinear, quick_gelu, resize, silu,
+    attention, conv2d, gelu, layer_norm, layer_norm_2d, linear, qlinear, quick_gelu, resize,
+    rms_norm, rope, silu,
 };

@@ -64,6 +64,68 @@ pub fn layer_norm<const D: usize>(
     })
 }
 
+/// LLaMA's RMSNorm over the last dimension, `(x · 1/√(mean(x²) + ε)) · w`, in one pass per
+/// row instead of Burn's seven element-wise ops (the same operations in the same order
+/// per element; the mean's summation order differs).
+pub fn rms_norm<const D: usize>(
+    x: Tensor<D>,
+    weight: &Tensor<1>,
+    eps: f64,
+) -> Result<Tensor<D>, Tensor<D>> {
+    let d = x.dims()[D - 1];
+    if d == 0 || !is_cpu_f32(weight) || weight.dims() != [d] {
+        return Err(x);
+    }
+    let w = host_vec(weight);
+    let (rows_per_task, eps) = ((CHUNK / d).max(1), eps as f32);
+    in_place(x, |s| {
+        s.par_chunks_mut(rows_per_task * d).for_each(|rows| {
+            for row in rows.chunks_mut(d) {
+                dispatch!(rms_norm_row_body(row, &w, eps));
+            }
+        })
+    })
+}
+
+/// Rotary position embedding of `x` `[B, H, n, d]` at positions `start..start + n`, with
+/// the `cos`/`sin` tables `[positions, d]`: `x · cos + rotate_half(x) · sin` per element
+/// (`rotate_half` = `[−x₂, x₁]` on the halves), in one pass instead of Burn's eleven ops
+/// (narrows, a negation, a concatenation, two products and a sum).
+pub fn rope(
+    x: Tensor<4>,
+    cos: &Tensor<2>,
+    sin: &Tensor<2>,
+    start: usize,
+) -> Result<Tensor<4>, Tensor<4>> {
+    let [_, _, n, d] = x.dims();
+    let [positions, td] = cos.dims();
+    let fits = td == d
+        && d.is_multiple_of(2)
+        && d > 0
+        && sin.dims() == [positions, d]
+        && start + n <= positions;
+    if !fits || !is_cpu_f32(cos) || !is_cpu_f32(sin) {
+        return Err(x);
+    }
+    let rows = |t: &Tensor<2>| with_view(t, |v| v[start * d..(start + n) * d].to_vec());
+    let (Some(c), Some(s)) = (rows(cos), rows(sin)) else {
+        return Err(x);
+    };
+    let half = d / 2;
+    in_place(x, |v| {
+        for (r, row) in v.chunks_mut(d).enumerate() {
+            let i = r % n;
+            let (c, s) = (&c[i * d..(i + 1) * d], &s[i * d..(i + 1) * d]);
+            let (x1, x2) = row.split_at_mut(half);
+            for j in 0..half {
+                let (a, b) = (x1[j], x2[j]);
+                x1[j] = a * c[j] + -b * s[j];
+                x2[j] = b * c[j + half] + a * s[j + half];
+            }
+        }
+    })
+}
+
 /// SAM's `LayerNorm2d` on `[N, C, H, W]`: each pixel normalised over its `C` channels
 /// (biased variance), then `weight`/`bias` per channel.
 pub fn layer_norm_2d(
@@ -528,6 +590,15 @@ fn softmax_rows_body(scores: &mut [f32], keys: usize, scale: f32) {
 }
 
 #[inline(always)]
+fn rms_norm_row_body(row: &mut [f32], w: &[f32], eps: f32) {
+    let ms = lane_sum(row, |v| v * v) / row.len() as f32;
+    let inv = (ms + eps).sqrt().recip();
+    for (v, w) in row.iter_mut().zip(w) {
+        *v = *v * inv * w;
+    }
+}
+
+#[inline(always)]
 fn layer_norm_row_body(row: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     let n = row.len() as f32;
     let mean = lane_sum(row, |v| v) / n;
@@ -578,6 +649,63 @@ mod tests {
 
     fn cpu_tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
         Tensor::from_data(TensorData::new(values, shape), &Device::flex())
+    }
+
+    #[test]
+    fn rms_norm_matches_the_formula() {
+        let (rows, d) = (5, 48);
+        let xs: Vec<f32> = (0..rows * d)
+            .map(|i| ((i * 37) % 23) as f32 * 0.3 - 3.0)
+            .collect();
+        let ws: Vec<f32> = (0..d).map(|i| 0.5 + i as f32 * 0.01).collect();
+        let got = rms_norm(
+            cpu_tensor(xs.clone(), [rows, d]),
+            &cpu_tensor(ws.clone(), [d]),
+            1e-5,
+        )
+        .unwrap_or_else(|_| panic!())
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+        for r in 0..rows {
+            let row = &xs[r * d..(r + 1) * d];
+            let ms = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / d as f64;
+            for j in 0..d {
+                let want = row[j] as f64 / (ms + 1e-5).sqrt() * ws[j] as f64;
+                let g = got[r * d + j] as f64;
+                assert!(
+                    (g - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                    "[{r}, {j}]: {g} vs {want}"
+                );
+            }
+        }
+    }
+
+    /// The fused RoPE against Burn's own ops (the router's fallback), on a strided input (a
+    /// head split, as the model hands it over) at a non-zero start.
+    #[test]
+    fn rope_matches_burns_ops_on_a_head_split_view() {
+        let (n, h, d, positions, start) = (4, 3, 8, 16, 5);
+        let xs: Vec<f32> = (0..n * h * d).map(|i| (i as f32 * 0.71).sin()).collect();
+        let table = |f: fn(f32) -> f32| -> Vec<f32> {
+            (0..positions * d).map(|i| f(i as f32 * 0.13)).collect()
+        };
+        let (cos, sin) = (
+            cpu_tensor(table(f32::cos), [positions, d]),
+            cpu_tensor(table(f32::sin), [positions, d]),
+        );
+        let x = || cpu_tensor(xs.clone(), [1, n, h, d]).swap_dims(1, 2);
+        let got = rope(x(), &cos, &sin, start).unwrap_or_else(|_| panic!());
+        let c = cos.clone().narrow(0, start, n).reshape([1, 1, n, d]);
+        let s = sin.clone().narrow(0, start, n).reshape([1, 1, n, d]);
+        let (x1, x2) = (x().narrow(3, 0, d / 2), x().narrow(3, d / 2, d / 2));
+        let want = x() * c + Tensor::cat(vec![x2.neg(), x1], 3) * s;
+        assert_eq!(got.dims(), [1, h, n, d]);
+        let (got, want) = (
+            got.into_data().try_to_vec::<f32>().unwrap(),
+            want.into_data().try_to_vec::<f32>().unwrap(),
+        );
+        assert_eq!(got, want, "the same operations per element");
     }
 
     #[test]
