@@ -213,7 +213,8 @@ fn main() -> ExitCode {
         }
     }
     let result = match cli.command {
-        // The server's threads wait on sockets: they must not hold one of the pool's.
+        // The server's threads wait on sockets: they must not hold one of the pool's (its
+        // model thread hands each request to the pool instead).
         Command::Serve(args) => serve::serve(args),
         command => on_the_pool(move || run(command)),
     };
@@ -234,7 +235,7 @@ fn main() -> ExitCode {
 /// token of SmolLM2 (`perf`: ~20 % of the samples). Called from a worker, an operation's
 /// first part runs on the calling thread and the others join in. Workers get the main
 /// thread's 8 MiB stack.
-fn on_the_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+pub(crate) fn on_the_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     // Only fails when a pool exists already (then that one is used).
     let _ = rayon::ThreadPoolBuilder::new()
         .stack_size(8 << 20)

@@ -278,11 +278,15 @@ fn run_jobs(state: &RwLock<ModelState>, jobs: Receiver<Job>) {
             pieces,
             done,
         } = job;
+        // On a pool worker, as the other commands run (`crate::on_the_pool`): this thread
+        // waits once per request instead of once per parallel operation.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            model.segment(&image, &request, &mut |piece| {
-                if let Some(p) = &pieces {
-                    let _ = p.send(piece.to_string());
-                }
+            crate::on_the_pool(|| {
+                model.segment(&image, &request, &mut |piece| {
+                    if let Some(p) = &pieces {
+                        let _ = p.send(piece.to_string());
+                    }
+                })
             })
         }))
         .unwrap_or_else(|_| {
