@@ -297,7 +297,8 @@ impl QuantMatrix {
     }
 }
 
-fn f16_at(b: &[u8], at: usize) -> f32 {
+/// The little-endian f16 at byte `at` of a block, as f32.
+pub(crate) fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
@@ -305,7 +306,8 @@ fn push_f16(data: &mut Vec<u8>, v: f32) {
     data.extend_from_slice(&f16::from_f32(v).to_bits().to_le_bytes());
 }
 
-/// Appends block `b`'s 32 values as f32.
+/// Appends block `b`'s 32 values as f32 (ggml's `dequantize_row_*`, same float operation
+/// order; the GGUF reader uses it too).
 pub(crate) fn dequantize_block(format: QuantFormat, b: &[u8], out: &mut Vec<f32>) {
     match format {
         QuantFormat::Q8_0 => {

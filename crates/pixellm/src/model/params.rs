@@ -206,7 +206,7 @@ impl<'a> Params<'a> {
             return dense();
         }
         let key = self.key(name);
-        let (stored, values) = match self.source {
+        let (format, values) = match self.source {
             Source::Files(files) => {
                 let stored = files.packed_format(&key);
                 match self.quant.target(stored) {
@@ -234,7 +234,7 @@ impl<'a> Params<'a> {
             Some(v) => v,
             None => self.host(name, &shape)?,
         };
-        let m = QuantMatrix::quantize(stored, shape[0], shape[1], &values).map_err(|msg| {
+        let m = QuantMatrix::quantize(format, shape[0], shape[1], &values).map_err(|msg| {
             crate::Error::Tensor {
                 file: "--quant".into(),
                 name: key,

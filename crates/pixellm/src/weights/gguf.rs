@@ -19,7 +19,7 @@ use super::layout::{contiguous_strides, StoredDType};
 use super::{map_file, Bytes, Entry, Source, TensorInfo};
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
-use crate::kernels::quant::{QuantFormat, QuantMatrix};
+use crate::kernels::quant::{dequantize_block, f16_at, QuantFormat, QuantMatrix};
 
 /// Data-section alignment when `general.alignment` is absent (`GGUF_DEFAULT_ALIGNMENT`).
 pub const DEFAULT_ALIGNMENT: u64 = 32;
@@ -766,29 +766,12 @@ impl GgufFile {
     /// Names are mapped only for `general.architecture = llama`; in other files every tensor
     /// is served under its GGUF name, unchanged.
     pub fn read_f32_hf(&self, hf_name: &str, expected_shape: &[usize]) -> Result<Vec<f32>> {
-        let &i = self
-            .by_hf_name
-            .get(hf_name)
-            .ok_or_else(|| Error::MissingTensor {
-                name: hf_name.to_string(),
-                searched: self.source.label.clone(),
-                expected: expected_shape.to_vec(),
-            })?;
-        let t = &self.tensors[i];
-        let dims = t.dims();
-        if dims != expected_shape {
-            return Err(self.tensor_error(
-                hf_name,
-                format!(
-                    "shape {dims:?} but expected {expected_shape:?} (GGUF tensor `{}`, {})",
-                    t.name, t.ty
-                ),
-            ));
-        }
-        let data = self.dequantize_raw(t)?;
+        let t = self.hf_tensor(hf_name, expected_shape)?;
+        let data = dequantize(t.ty, self.raw_bytes(t)?, t.numel)
+            .map_err(|msg| self.tensor_error(hf_name, msg))?;
         match self.qk_heads(t)? {
             Some(heads) => {
-                let rows = dims.first().copied().unwrap_or(0);
+                let rows = expected_shape.first().copied().unwrap_or(0);
                 unpermute_rows(&data, rows, heads).map_err(|msg| self.tensor_error(hf_name, msg))
             }
             None => Ok(data),
@@ -811,38 +794,12 @@ impl GgufFile {
     /// in Hugging Face order (q/k rows un-permuted as [`GgufFile::read_f32_hf`] does),
     /// checking the shape and the block count.
     pub fn read_packed_hf(&self, hf_name: &str, expected_shape: [usize; 2]) -> Result<QuantMatrix> {
-        let &i = self
-            .by_hf_name
-            .get(hf_name)
-            .ok_or_else(|| Error::MissingTensor {
-                name: hf_name.to_string(),
-                searched: self.source.label.clone(),
-                expected: expected_shape.to_vec(),
-            })?;
-        let t = &self.tensors[i];
+        let t = self.hf_tensor(hf_name, &expected_shape)?;
         let format = self.packed_format(hf_name).ok_or_else(|| {
             self.tensor_error(hf_name, format!("{} is not a packed block format", t.ty))
         })?;
-        if t.dims() != expected_shape {
-            return Err(self.tensor_error(
-                hf_name,
-                format!(
-                    "shape {:?} but expected {expected_shape:?} (GGUF tensor `{}`, {})",
-                    t.dims(),
-                    t.name,
-                    t.ty
-                ),
-            ));
-        }
-        let bytes = self
-            .source
-            .bytes
-            .as_slice()
-            .get(t.start..)
-            .and_then(|s| s.get(..t.n_bytes))
-            .ok_or_else(|| self.tensor_error(hf_name, "data lies outside the file".into()))?;
         let [rows, cols] = expected_shape;
-        let m = QuantMatrix::from_blocks(format, rows, cols, bytes.to_vec())
+        let m = QuantMatrix::from_blocks(format, rows, cols, self.raw_bytes(t)?.to_vec())
             .map_err(|msg| self.tensor_error(hf_name, msg))?;
         match self.qk_heads(t)? {
             Some(heads) => {
@@ -852,6 +809,41 @@ impl GgufFile {
             }
             None => Ok(m),
         }
+    }
+
+    /// The tensor served as `hf_name`, its shape checked against `expected_shape`
+    /// ([`Error::MissingTensor`] / [`Error::Tensor`] naming both shapes).
+    fn hf_tensor(&self, hf_name: &str, expected_shape: &[usize]) -> Result<&RawTensor> {
+        let &i = self
+            .by_hf_name
+            .get(hf_name)
+            .ok_or_else(|| Error::MissingTensor {
+                name: hf_name.to_string(),
+                searched: self.source.label.clone(),
+                expected: expected_shape.to_vec(),
+            })?;
+        let t = &self.tensors[i];
+        let dims = t.dims();
+        if dims != expected_shape {
+            return Err(self.tensor_error(
+                hf_name,
+                format!(
+                    "shape {dims:?} but expected {expected_shape:?} (GGUF tensor `{}`, {})",
+                    t.name, t.ty
+                ),
+            ));
+        }
+        Ok(t)
+    }
+
+    /// The tensor's bytes as stored.
+    fn raw_bytes(&self, t: &RawTensor) -> Result<&[u8]> {
+        self.source
+            .bytes
+            .as_slice()
+            .get(t.start..)
+            .and_then(|s| s.get(..t.n_bytes))
+            .ok_or_else(|| self.tensor_error(&t.hf_name, "data lies outside the file".into()))
     }
 
     /// The LLaMA hyper-parameters from the `llama.*` metadata. Refuses other architectures
@@ -1171,14 +1163,8 @@ impl GgufFile {
     }
 
     fn dequantize_raw(&self, t: &RawTensor) -> Result<Vec<f32>> {
-        let bytes = self
-            .source
-            .bytes
-            .as_slice()
-            .get(t.start..)
-            .and_then(|s| s.get(..t.n_bytes))
-            .ok_or_else(|| self.tensor_error(&t.hf_name, "data lies outside the file".into()))?;
-        dequantize(t.ty, bytes, t.numel).map_err(|msg| self.tensor_error(&t.hf_name, msg))
+        dequantize(t.ty, self.raw_bytes(t)?, t.numel)
+            .map_err(|msg| self.tensor_error(&t.hf_name, msg))
     }
 
     fn tensor_error(&self, name: &str, msg: String) -> Error {
@@ -1246,7 +1232,8 @@ pub fn hf_name_of(gguf_name: &str) -> Option<String> {
 /// (pairs rotated together by ggml's RoPE) goes back to row `j·head_dim/2 + i` (halves
 /// rotated together by `rotate_half`). `data` is `[rows, cols]` row-major.
 /// Row `i` of the Hugging Face matrix is row `order[i]` of llama.cpp's RoPE-permuted one
-/// (the row map of [`unpermute_rows`], for packed matrices whose rows move whole).
+/// (float rows move with [`unpermute_rows`], packed block rows with
+/// [`QuantMatrix::select_rows`]).
 fn unpermuted_order(rows: usize, n_heads: usize) -> Result<Vec<usize>, String> {
     if n_heads
         .checked_mul(2)
@@ -1270,31 +1257,16 @@ fn unpermuted_order(rows: usize, n_heads: usize) -> Result<Vec<usize>, String> {
 }
 
 fn unpermute_rows(data: &[f32], rows: usize, n_heads: usize) -> Result<Vec<f32>, String> {
-    if n_heads
-        .checked_mul(2)
-        .is_none_or(|h2| h2 == 0 || !rows.is_multiple_of(h2))
-    {
-        return Err(format!(
-            "{rows} rows cannot be split into {n_heads} heads of even size to undo llama.cpp's RoPE permutation"
-        ));
-    }
+    let order = unpermuted_order(rows, n_heads)?;
     let cols = data.len().checked_div(rows).unwrap_or(0);
     if cols.checked_mul(rows) != Some(data.len()) {
         return Err(format!("{} values do not form {rows} rows", data.len()));
     }
-    let head_dim = rows / n_heads;
-    let half = head_dim / 2;
-    let mut out = vec![0f32; data.len()];
-    for h in 0..n_heads {
-        for i in 0..half {
-            for j in 0..2 {
-                let src = (h * head_dim + 2 * i + j) * cols;
-                let dst = (h * head_dim + j * half + i) * cols;
-                out[dst..dst + cols].copy_from_slice(&data[src..src + cols]);
-            }
-        }
-    }
-    Ok(out)
+    Ok(order
+        .iter()
+        .flat_map(|&r| &data[r * cols..(r + 1) * cols])
+        .copied()
+        .collect())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1689,10 +1661,6 @@ fn parse_inner(source: Arc<Source>) -> Result<GgufFile, String> {
 // Dequantisation (ggml-quants.c `dequantize_row_*`, same float operation order)
 // ---------------------------------------------------------------------------------------
 
-fn f16_at(b: &[u8], at: usize) -> f32 {
-    half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
-}
-
 /// Converts `numel` elements of type `ty` held in exactly `bytes` to `f32`.
 pub(crate) fn dequantize(ty: GgmlType, bytes: &[u8], numel: usize) -> Result<Vec<f32>, String> {
     let (block, size) = (ty.block_size(), ty.type_size());
@@ -1727,29 +1695,9 @@ pub(crate) fn dequantize(ty: GgmlType, bytes: &[u8], numel: usize) -> Result<Vec
             a.copy_from_slice(c);
             f64::from_le_bytes(a) as f32
         })),
-        GgmlType::Q8_0 => {
-            for b in blocks {
-                let d = f16_at(b, 0);
-                out.extend(b[2..34].iter().map(|&q| f32::from(q as i8) * d));
-            }
-        }
-        GgmlType::Q4_0 => {
-            for b in blocks {
-                let d = f16_at(b, 0);
-                let qs = &b[2..18];
-                // Low nibbles are elements 0..16, high nibbles 16..32.
-                out.extend(qs.iter().map(|&q| f32::from((q & 0xF) as i8 - 8) * d));
-                out.extend(qs.iter().map(|&q| f32::from((q >> 4) as i8 - 8) * d));
-            }
-        }
-        GgmlType::Q4_1 => {
-            for b in blocks {
-                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-                let qs = &b[4..20];
-                out.extend(qs.iter().map(|&q| f32::from(q & 0xF) * d + m));
-                out.extend(qs.iter().map(|&q| f32::from(q >> 4) * d + m));
-            }
-        }
+        GgmlType::Q8_0 => blocks.for_each(|b| dequantize_block(QuantFormat::Q8_0, b, &mut out)),
+        GgmlType::Q4_0 => blocks.for_each(|b| dequantize_block(QuantFormat::Q4_0, b, &mut out)),
+        GgmlType::Q4_1 => blocks.for_each(|b| dequantize_block(QuantFormat::Q4_1, b, &mut out)),
         GgmlType::Q5_0 => {
             for b in blocks {
                 let d = f16_at(b, 0);

@@ -167,13 +167,7 @@ pub(crate) fn read_f32(entry: &Entry) -> Result<Vec<f32>, String> {
     let elem = dtype.size().unwrap_or(1);
     let shape = &entry.info.shape;
     let n = numel(shape).ok_or("element count overflows")?;
-    let region = entry
-        .source
-        .bytes
-        .as_slice()
-        .get(entry.region_start..)
-        .and_then(|s| s.get(..entry.region_len))
-        .ok_or("data region lies outside the file")?;
+    let region = entry.region().ok_or("data region lies outside the file")?;
     if n == 0 {
         return Ok(Vec::new());
     }

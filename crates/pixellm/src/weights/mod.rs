@@ -78,6 +78,17 @@ pub(crate) struct Entry {
     pub(crate) packed: Option<QuantFormat>,
 }
 
+impl Entry {
+    /// The storage's bytes (`None` if the region lies outside the file).
+    pub(crate) fn region(&self) -> Option<&[u8]> {
+        self.source
+            .bytes
+            .as_slice()
+            .get(self.region_start..)
+            .and_then(|s| s.get(..self.region_len))
+    }
+}
+
 /// A set of opened checkpoint files: tensor name -> (file, location).
 ///
 /// Cheap to clone and `Send + Sync`: file bytes are shared through `Arc`s. Files on disk
@@ -511,13 +522,7 @@ mod tests;
 /// open; the region re-checked here).
 fn packed_matrix(entry: &Entry) -> std::result::Result<QuantMatrix, String> {
     let format = entry.packed.ok_or("not a packed tensor")?;
-    let bytes = entry
-        .source
-        .bytes
-        .as_slice()
-        .get(entry.region_start..)
-        .and_then(|s| s.get(..entry.region_len))
-        .ok_or("data region lies outside the file")?;
+    let bytes = entry.region().ok_or("data region lies outside the file")?;
     let [rows, cols] = entry.info.shape[..] else {
         return Err(format!("packed tensor of shape {:?}", entry.info.shape));
     };

@@ -16,7 +16,7 @@
 use rayon::prelude::*;
 
 use super::gemm::matmul_into;
-use crate::kernels::quant::{QuantFormat, QuantMatrix, BLOCK};
+use crate::kernels::quant::{f16_at, QuantFormat, QuantMatrix, BLOCK};
 
 /// Multiply-adds from which a product is spread over the thread pool.
 const MIN_PARALLEL: usize = 1 << 18;
@@ -163,10 +163,6 @@ fn dot_rows(
             *y = dot_portable(w.format(), wr, xq.row(r));
         }
     }
-}
-
-fn f16_at(b: &[u8], at: usize) -> f32 {
-    half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
 /// One weight row against one quantised activation row, without SIMD.

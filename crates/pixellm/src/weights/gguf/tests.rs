@@ -1729,7 +1729,10 @@ fn packed_reads_keep_the_blocks_and_unpermute_whole_rows() {
         .to_string();
     assert_contains(&e, &[q_name, "shape", "expected"]);
     let e = f
-        .read_packed_hf("model.layers.0.self_attn.k_proj.weight", [8, IN])
+        .read_packed_hf(
+            "model.layers.0.self_attn.k_proj.weight",
+            [HIDDEN / HEADS * KV_HEADS, IN],
+        )
         .unwrap_err()
         .to_string();
     assert_contains(&e, &["k_proj", "not a packed block format"]);
