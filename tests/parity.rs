@@ -479,3 +479,90 @@ fn segment_generates_official_ids() {
         );
     });
 }
+
+/// Deterministic values in (−2, 2) for kernel inputs.
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| (i as f32 * 0.618 + seed as f32 * 1.37).sin() * 2.0)
+        .collect()
+}
+
+fn tensor<const D: usize>(
+    v: Vec<f32>,
+    shape: [usize; D],
+    device: &Device,
+    dtype: DType,
+) -> Tensor<D> {
+    Tensor::<D>::from_data(TensorData::new(v, shape), (device, DType::F32)).cast(dtype)
+}
+
+/// The relative tolerance of a fused kernel against Burn's ops in `dtype`: f32 to 1e-5 (the
+/// sums run in another order); f16/bf16 to one rounding of the type, since the kernel may
+/// round an intermediate once where Burn's ops round it twice (or fuse a multiply-add).
+fn kernel_tol(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 1e-5,
+        DType::F16 => 2e-3,
+        _ => 1.6e-2,
+    }
+}
+
+/// The dtypes a backend runs: f32 everywhere, f16 on the GPU backends (the CPU kernels
+/// take f32 only and hand half precision to Burn's ops, which `kernels::*` and
+/// `burn_*` then both run).
+fn kernel_dtypes(b: Backend) -> Vec<DType> {
+    match b {
+        Backend::Cpu => vec![DType::F32],
+        _ => vec![DType::F32, DType::F16],
+    }
+}
+
+/// The fused RMSNorm (CPU kernel, CubeCL kernel) against Burn's ops, on every backend, at
+/// widths below, at and above one workgroup (256) and not a power of two, one and many rows.
+#[test]
+fn fused_rms_norm_matches_burn_ops() {
+    let _turn = turn();
+    for (b, device) in backends() {
+        for dtype in kernel_dtypes(*b) {
+            for (rows, d) in [(1usize, 64usize), (3, 576), (5, 100), (1, 2048)] {
+                let x = tensor(values(rows * d, 1), [1, rows, d], device, dtype);
+                let w = tensor(values(d, 2), [d], device, dtype);
+                let (ours, _) = host(pixellm::kernels::rms_norm(x.clone(), &w, 1e-5));
+                let (want, _) = host(pixellm::kernels::burn_rms_norm(x, &w, 1e-5));
+                let err = rel_err(&ours, &want);
+                assert!(
+                    err <= kernel_tol(dtype),
+                    "[{b}] {dtype:?} rms_norm [{rows}, {d}]: relative error {err:.2e}"
+                );
+            }
+        }
+    }
+}
+
+/// The fused RoPE against Burn's ops: contiguous queries and the strided view the heads
+/// split makes (`[B, n, heads, d]` swapped), at a decode position and over a prefill.
+#[test]
+fn fused_rope_matches_burn_ops() {
+    let _turn = turn();
+    let (positions, d) = (40usize, 16usize);
+    for (b, device) in backends() {
+        for dtype in kernel_dtypes(*b) {
+            let cos = tensor(values(positions * d, 3), [positions, d], device, dtype);
+            let sin = tensor(values(positions * d, 4), [positions, d], device, dtype);
+            for (heads, n, start) in [(4usize, 1usize, 17usize), (2, 7, 0), (3, 5, 30)] {
+                let v = values(2 * heads * n * d, 5);
+                let contiguous = tensor(v.clone(), [2, heads, n, d], device, dtype);
+                let strided = tensor(v, [2, n, heads, d], device, dtype).swap_dims(1, 2);
+                for (what, x) in [("contiguous", contiguous), ("strided", strided)] {
+                    let (ours, _) = host(pixellm::kernels::rope(x.clone(), &cos, &sin, start));
+                    let (want, _) = host(pixellm::kernels::burn_rope(x, &cos, &sin, start));
+                    let err = rel_err(&ours, &want);
+                    assert!(
+                        err <= kernel_tol(dtype),
+                        "[{b}] {dtype:?} rope {what} heads {heads} n {n} start {start}: relative error {err:.2e}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -17,6 +17,7 @@ use pixellm::config::{ClipVisionConfig, LlamaConfig, PixelLmConfig};
 use pixellm::error::{Error, Result};
 use pixellm::generate::greedy;
 use pixellm::image::{self as img, RgbImage};
+use pixellm::kernels::counts::{Watch, Work};
 use pixellm::model::llm::KvCache;
 use pixellm::model::{PixelLmModel, IMAGE_TOKEN_INDEX};
 use pixellm::pipeline::read_f32;
@@ -146,6 +147,9 @@ pub struct Stage {
     pub samples_ms: Vec<f64>,
     /// The stage's physical floor in ms, where one is meaningful.
     pub floor_ms: Option<f64>,
+    /// Device work of the stage in the warm-up iteration (launches, compilations,
+    /// uploads, reads).
+    pub work: Work,
 }
 
 impl Stage {
@@ -201,6 +205,62 @@ pub struct BenchReport {
     pub peak_host_bytes: Option<u64>,
     /// Device memory in use after the run, where the backend tells.
     pub device_memory: Option<String>,
+    /// Device work per decoded token ([`DecodeCounts`]).
+    pub decode: DecodeCounts,
+}
+
+/// What one decode step does on the device, counted in the warm-up iteration
+/// (`pixellm::kernels::counts`): the numbers that decide GPU decode speed where timings
+/// cannot be trusted (CI's software Vulkan), and that are the same there as on a real GPU.
+#[derive(Debug, Clone, Default)]
+pub struct DecodeCounts {
+    /// Decode steps counted (one forward of one token, its logits and argmax each).
+    pub steps: usize,
+    /// Kernel launches per step (mean); `None` where launches are not observed (the CPU
+    /// backend launches no kernels).
+    pub launches_per_token: Option<f64>,
+    /// Most launches of one step.
+    pub max_launches: Option<u64>,
+    /// Host→device uploads per step (mean).
+    pub uploads_per_token: f64,
+    /// Device→host reads per step (mean).
+    pub reads_per_token: f64,
+    /// Kernels first launched after the first two steps: compilations on the decode path
+    /// (each one a stall on the first token that reaches it).
+    pub compilations_after_warmup: Option<u64>,
+    /// Decoder layers of the LLM.
+    pub llm_layers: usize,
+    /// Launches of the last counted step, by kernel.
+    pub by_kernel: std::collections::BTreeMap<String, u64>,
+}
+
+impl DecodeCounts {
+    fn from_steps(steps: &[Work], layers: usize, device: &Device) -> Self {
+        let n = steps.len().max(1) as f64;
+        let observed = Watch::observes_launches() && !pixellm::backend::is_cpu(device);
+        let sum = |f: fn(&Work) -> u64| steps.iter().map(f).sum::<u64>() as f64 / n;
+        Self {
+            steps: steps.len(),
+            launches_per_token: observed.then(|| sum(|w| w.launches)),
+            max_launches: observed.then(|| steps.iter().map(|w| w.launches).max().unwrap_or(0)),
+            uploads_per_token: sum(|w| w.uploads),
+            reads_per_token: sum(|w| w.reads),
+            compilations_after_warmup: observed
+                .then(|| steps.iter().skip(2).map(|w| w.new_kernels).sum()),
+            llm_layers: layers,
+            by_kernel: steps
+                .last()
+                .map(|w| w.by_kernel.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Launches per decoder layer per token (the whole step's launches, head and argmax
+    /// included, over the layer count).
+    pub fn launches_per_layer(&self) -> Option<f64> {
+        self.launches_per_token
+            .map(|l| l / self.llm_layers.max(1) as f64)
+    }
 }
 
 impl BenchReport {
@@ -257,6 +317,27 @@ impl BenchReport {
             self.weight_bytes as f64 / 1e6,
             self.options.quant.name()
         );
+        let d = &self.decode;
+        match d.launches_per_token {
+            Some(l) => {
+                let _ = writeln!(
+                    t,
+                    "decode step on the device: {l:.1} kernel launches ({:.1} per layer × {} layers, head and argmax included), {:.1} uploads, {:.1} reads, {} compilations after warm-up",
+                    d.launches_per_layer().unwrap_or(0.0),
+                    d.llm_layers,
+                    d.uploads_per_token,
+                    d.reads_per_token,
+                    d.compilations_after_warmup.unwrap_or(0)
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    t,
+                    "decode step: {:.1} uploads, {:.1} reads (no kernel launches on this backend)",
+                    d.uploads_per_token, d.reads_per_token
+                );
+            }
+        }
         if let Some(b) = self.peak_host_bytes {
             let _ = writeln!(t, "peak host memory: {:.2} GB", b as f64 / 1e9);
         }
@@ -280,7 +361,17 @@ impl BenchReport {
             "stages": self.stages.iter().map(|s| json!({
                 "name": s.name, "median_ms": s.median(), "min_ms": s.min(), "max_ms": s.max(),
                 "floor_ms": s.floor_ms, "samples_ms": s.samples_ms,
+                "launches": s.work.launches, "uploads": s.work.uploads, "reads": s.work.reads,
             })).collect::<Vec<_>>(),
+            "llm_layers": self.decode.llm_layers,
+            "decode_steps_counted": self.decode.steps,
+            "launches_per_decode_token": self.decode.launches_per_token,
+            "max_launches_per_decode_token": self.decode.max_launches,
+            "launches_per_layer_per_decode_token": self.decode.launches_per_layer(),
+            "uploads_per_decode_token": self.decode.uploads_per_token,
+            "reads_per_decode_token": self.decode.reads_per_token,
+            "compilations_after_warmup": self.decode.compilations_after_warmup,
+            "decode_launches_by_kernel": self.decode.by_kernel,
             "decode_tokens_per_s": self.decode_tokens_per_s(),
             "copy_gb_s": self.copy_gb_s,
             "decode_bytes_per_token": self.decode_bytes_per_token,
@@ -441,7 +532,12 @@ pub fn run(
         "end to end",
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    // Device work is counted in the warm-up iteration only: collecting kernel ids costs a
+    // hash per launch, which the timed iterations must not pay.
+    let mut work = vec![Work::default(); names.len()];
+    let mut steps: Vec<Work> = Vec::new();
     for iter in 0..=options.iters {
+        let mut watch = (iter == 0).then(Watch::start);
         log(&if iter == 0 {
             "warm-up iteration…".to_string()
         } else {
@@ -450,9 +546,12 @@ pub fn run(
         let mut times = Vec::with_capacity(names.len());
         let start = Instant::now();
         let mut lap = Instant::now();
-        let mut stop = |times: &mut Vec<f64>| -> Result<()> {
+        let mut stop = |times: &mut Vec<f64>, watch: &mut Option<Watch>| -> Result<()> {
             sync(device)?;
             let now = Instant::now();
+            if let Some(w) = watch {
+                work[times.len()] = w.lap();
+            }
             times.push((now - lap).as_secs_f64() * 1e3);
             lap = now;
             Ok(())
@@ -460,11 +559,11 @@ pub fn run(
 
         let input = img::preprocess(&image, config.image_size, clip_config.patch_size)?;
         let pixels = model.pixels(input.pixel_values.clone());
-        stop(&mut times)?;
+        stop(&mut times, &mut watch)?;
         let vision = model.run_vision(pixels, &input.patch_valid);
-        stop(&mut times)?;
+        stop(&mut times, &mut watch)?;
         let features = model.project_image(vision);
-        stop(&mut times)?;
+        stop(&mut times, &mut watch)?;
 
         let e = ids.len() - 1 + model.llm_grid().pow(2);
         let llm = model.llm();
@@ -486,20 +585,30 @@ pub fn run(
             .forward(embeds, &mut cache)?
             .narrow(1, e - 1, 1)
             .reshape([1, h]);
-        stop(&mut times)?;
+        stop(&mut times, &mut watch)?;
+        // Laps between consecutive tokens: one decode step each (forward, head, argmax,
+        // the id read). The first lap is the prefill's argmax, not a step.
+        let mut step_laps = Vec::new();
         let generated = greedy(
             llm,
             &mut cache,
             last,
             options.new_tokens,
             &[],
-            &mut |_, _| {},
+            &mut |_, _| {
+                if let Some(w) = &mut watch {
+                    step_laps.push(w.lap());
+                }
+            },
         )?;
+        if watch.is_some() {
+            steps = step_laps.split_off(1.min(step_laps.len()));
+        }
         debug_assert_eq!(generated.len(), options.new_tokens);
-        stop(&mut times)?;
+        stop(&mut times, &mut watch)?;
 
         let masks = model.decode_masks(seg_hidden.clone(), &features.decoder_features);
-        stop(&mut times)?;
+        stop(&mut times, &mut watch)?;
         let logits = model.postprocess(masks.low_res, input.resized, input.original);
         let values = read_f32(logits)?;
         let (h0, w0) = input.original;
@@ -507,8 +616,15 @@ pub fn run(
             let m = &values[t * h0 * w0..(t + 1) * h0 * w0];
             let _ = (img::mask_stats(m, w0, h0), img::mask_score(m));
         }
-        stop(&mut times)?;
+        stop(&mut times, &mut watch)?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
+        if watch.is_some() {
+            let (last, stages) = work.split_last_mut().expect("stage names");
+            *last = stages.iter().fold(Work::default(), |mut all, w| {
+                all += w.clone();
+                all
+            });
+        }
         if iter > 0 {
             for (s, t) in samples.iter_mut().zip(times) {
                 s.push(t);
@@ -521,10 +637,12 @@ pub fn run(
     let stages = names
         .iter()
         .zip(samples)
-        .map(|(name, samples_ms)| Stage {
+        .zip(work)
+        .map(|((name, samples_ms), work)| Stage {
             name: name.to_string(),
             samples_ms,
             floor_ms: (*name == "decode").then_some(decode_floor),
+            work,
         })
         .collect();
     Ok(BenchReport {
@@ -542,5 +660,6 @@ pub fn run(
         build_ms,
         peak_host_bytes: peak_host_bytes(),
         device_memory: device.memory_pool_usage().map(|u| format!("{u:?}")),
+        decode: DecodeCounts::from_steps(&steps, config.llm.num_hidden_layers, device),
     })
 }

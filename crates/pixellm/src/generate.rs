@@ -1,9 +1,10 @@
 //! Greedy decoding with a KV cache, shared by PixelLM segmentation and plain chat.
 //!
 //! Each step runs one position through the cached LLM and reads back exactly one value,
-//! the chosen token id: no full-sequence recompute, no other host↔device traffic.
+//! the chosen token id, which also stays on the device as the next step's input: no
+//! full-sequence recompute, no upload, no other host↔device traffic.
 
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::llm::{KvCache, Llama};
@@ -43,27 +44,33 @@ pub async fn greedy_async(
     stop: &[i64],
     on_token: &mut dyn FnMut(i64, &Tensor<2>),
 ) -> Result<Vec<i64>> {
-    let device = last.device();
     let h = llm.config().hidden_size;
     let mut ids = Vec::new();
     while ids.len() < max_new_tokens {
-        let id = argmax_async(llm.logits(last.clone())).await?;
+        // The id stays on the device for the next step's embedding; the host reads a copy.
+        let next = llm.logits(last.clone()).argmax(1).reshape([1]);
+        let id = read_id(next.clone()).await?;
         ids.push(id);
         on_token(id, &last);
         if stop.contains(&id) || cache.remaining() == 0 {
             break;
         }
         last = llm
-            .forward(llm.embed(&[id], &device), cache)?
+            .forward(llm.embed_on_device(next, id), cache)?
             .reshape([1, h]);
     }
     Ok(ids)
 }
 
-/// Index of the largest logit of `[1, V]` logits: the one host read per generated token.
+/// Index of the largest logit of `[1, V]` logits (first index on ties, as `torch.argmax`).
 pub async fn argmax_async(logits: Tensor<2>) -> Result<i64> {
-    let data = logits
-        .argmax(1)
+    read_id(logits.argmax(1).reshape([1])).await
+}
+
+/// The one host read per generated token: the id in `id` (`[1]`).
+async fn read_id(id: Tensor<1, Int>) -> Result<i64> {
+    crate::kernels::counts::note_read();
+    let data = id
         .into_data_async()
         .await
         .map_err(|e| Error::Backend(format!("reading the next token id: {e:?}")))?;

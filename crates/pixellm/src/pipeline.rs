@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor};
 use web_time::Instant;
 
 use crate::config::{resolve_vision_tower, ClipVisionConfig, PixelLmConfig};
@@ -555,9 +555,7 @@ impl PixelLm {
         if positions.is_empty() {
             return Ok(None);
         }
-        let n = positions.len();
-        let index =
-            Tensor::<1, Int>::from_data(TensorData::new(positions, [n]), self.model.device());
+        let index = crate::kernels::upload_ids(positions, self.model.device());
         let [_, e, h] = hidden.dims();
         Ok(Some(hidden.reshape([e, h]).select(0, index)))
     }
@@ -618,6 +616,7 @@ pub fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
 
 /// [`read_f32`] without blocking.
 pub async fn read_f32_async<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    crate::kernels::counts::note_read();
     t.into_data_async()
         .await
         .map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))?

@@ -17,16 +17,20 @@
 //! CPU kernels (see `on_cpu`).
 //!
 //! Also here, because the router itself needs them: [`to_f32`]/[`from_f32`] and
-//! [`upload`] (host values to a device in a dtype), which the model uses through
-//! `model::nn` and `model::params`.
+//! [`upload`] (host values to a device in a dtype, and [`upload_ids`] / [`upload_mask`]),
+//! which the model uses through `model::nn` and `model::params`, and [`counts`] (the
+//! device work a pass does: launches, compilations, uploads, reads).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
-use burn::tensor::{activation, module, DType, Device, Tensor, TensorData};
+use burn::tensor::{activation, module, Bool, DType, Device, Int, Tensor, TensorData};
 
+pub mod counts;
 #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
 pub(crate) mod cpu;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cube;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod quant;
@@ -38,6 +42,19 @@ macro_rules! cpu_kernel_or {
     ($inputs:pat = $kernel:ident($($arg:expr),*)) => {
         #[cfg(all(feature = "cpu", not(target_family = "wasm")))]
         let $inputs = match cpu::$kernel($($arg),*) {
+            Ok(out) => return out,
+            Err(inputs) => inputs,
+        };
+    };
+}
+
+/// `cube_kernel_or!(x = kernel(args))`: where a CubeCL backend is compiled in (wgpu,
+/// CUDA), returns `cube::kernel(args)` from the enclosing function when the kernel takes
+/// the input, else rebinds `x` to the input it handed back.
+macro_rules! cube_kernel_or {
+    ($inputs:pat = $kernel:ident($($arg:expr),*)) => {
+        #[cfg(any(feature = "wgpu", feature = "cuda"))]
+        let $inputs = match cube::$kernel($($arg),*) {
             Ok(out) => return out,
             Err(inputs) => inputs,
         };
@@ -300,10 +317,7 @@ fn attention_unfused(
         let hidden: Vec<bool> = (0..lq)
             .flat_map(|i| (0..lk).map(move |j| j > i + lk - lq))
             .collect();
-        let m = Tensor::<2, burn::tensor::Bool>::from_data(
-            burn::tensor::TensorData::new(hidden, [lq, lk]),
-            &device,
-        );
+        let m = upload_mask(hidden, [lq, lk], &device);
         scores = scores.mask_fill(
             m.reshape([1, 1, lq, lk]).expand([b, h, lq, lk]),
             f32::NEG_INFINITY,
@@ -442,8 +456,17 @@ pub fn layer_norm<const D: usize>(
 
 /// LLaMA's RMSNorm over the last dimension: `x · rsqrt(mean(x²) + ε)` in f32, cast back,
 /// then scaled by `weight` (`[d]`) — the order of transformers' `LlamaRMSNorm`.
+///
+/// On the native CPU backend in one pass per row (the CPU kernel), on CubeCL backends in one
+/// launch (`kernels/cube.rs`), elsewhere (training) [`burn_rms_norm`].
 pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: &Tensor<1>, eps: f64) -> Tensor<D> {
     cpu_kernel_or!(x = rms_norm(x, weight, eps));
+    cube_kernel_or!(x = rms_norm(x, weight, eps));
+    burn_rms_norm(x, weight, eps)
+}
+
+/// [`rms_norm`] from Burn's ops (the reference the fused kernels are tested against).
+pub fn burn_rms_norm<const D: usize>(x: Tensor<D>, weight: &Tensor<1>, eps: f64) -> Tensor<D> {
     let dtype = x.dtype();
     let x = to_f32(x);
     let ms = x.clone().square().mean_dim(D - 1);
@@ -452,8 +475,17 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: &Tensor<1>, eps: f64) -> T
 
 /// Rotary position embedding of `x` (`[B, heads, n, d]`) at positions `start..start + n`
 /// with the `cos`/`sin` tables (`[positions, d]`): `x · cos + rotate_half(x) · sin`.
+///
+/// On the native CPU backend and CubeCL backends one fused kernel each (the CubeCL one
+/// reads `x` through its strides and returns it contiguous), elsewhere [`burn_rope`].
 pub fn rope(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>, start: usize) -> Tensor<4> {
     cpu_kernel_or!(x = rope(x, cos, sin, start));
+    cube_kernel_or!(x = rope(x, cos, sin, start));
+    burn_rope(x, cos, sin, start)
+}
+
+/// [`rope`] from Burn's ops (the reference the fused kernels are tested against).
+pub fn burn_rope(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>, start: usize) -> Tensor<4> {
     let [_, _, n, d] = x.dims();
     let cos = cos.clone().narrow(0, start, n).reshape([1, 1, n, d]);
     let sin = sin.clone().narrow(0, start, n).reshape([1, 1, n, d]);
@@ -529,6 +561,7 @@ pub fn upload<const D: usize>(
     device: &Device,
     dtype: DType,
 ) -> Tensor<D> {
+    counts::note_upload();
     let data = TensorData::new(values, shape);
     let t = Tensor::<D>::from_data(data, (device, DType::F32));
     if dtype == DType::F32 {
@@ -536,4 +569,21 @@ pub fn upload<const D: usize>(
     } else {
         t.cast(dtype)
     }
+}
+
+/// Creates an integer tensor `[n]` (token ids, row indices) from host values on `device`.
+pub fn upload_ids(ids: Vec<i64>, device: &Device) -> Tensor<1, Int> {
+    counts::note_upload();
+    let n = ids.len();
+    Tensor::from_data(TensorData::new(ids, [n]), device)
+}
+
+/// Creates a boolean tensor of `shape` (a mask) from host values on `device`.
+pub fn upload_mask<const D: usize>(
+    values: Vec<bool>,
+    shape: [usize; D],
+    device: &Device,
+) -> Tensor<D, Bool> {
+    counts::note_upload();
+    Tensor::from_data(TensorData::new(values, shape), device)
 }

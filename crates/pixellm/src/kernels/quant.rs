@@ -282,6 +282,24 @@ impl QuantMatrix {
         out
     }
 
+    /// The rows of `parts` one after another (projections of one input stacked into one
+    /// matrix); `None` unless the parts share one format and width.
+    pub fn stack_rows(parts: &[&Self]) -> Option<Self> {
+        let first = parts.first()?;
+        if parts
+            .iter()
+            .any(|p| p.format != first.format || p.cols != first.cols)
+        {
+            return None;
+        }
+        Some(Self {
+            format: first.format,
+            cols: first.cols,
+            rows: parts.iter().map(|p| p.rows).sum(),
+            data: parts.iter().flat_map(|p| p.data.iter().copied()).collect(),
+        })
+    }
+
     /// The matrix with its rows reordered: row `i` of the result is row `order[i]` of this
     /// one (GGUF stores LLaMA's q/k projections with rows permuted for its RoPE layout).
     pub fn select_rows(&self, order: &[usize]) -> Self {

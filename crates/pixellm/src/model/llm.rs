@@ -5,9 +5,9 @@
 //! configuration, not copies, so the same code runs PixelLM's Vicuna/LLaMA-2 and other
 //! LLaMA-architecture models.
 
-use burn::tensor::{Bool, Device, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor};
 
-use super::nn::{merge_heads, silu, split_heads, Embedding, Linear, RmsNorm};
+use super::nn::{merge_heads, silu, split_heads, Embedding, FusedLinear, Linear, RmsNorm};
 use super::params::Params;
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
@@ -88,7 +88,7 @@ impl KvCache {
             let mut mask = vec![false; capacity];
             let n = key_padding.len().min(capacity);
             mask[..n].copy_from_slice(&key_padding[..n]);
-            Tensor::<1, Bool>::from_data(TensorData::new(mask, [capacity]), device)
+            crate::kernels::upload_mask(mask, [capacity], device)
         });
         Ok(Self {
             keys: (0..config.num_hidden_layers).map(|_| zeros()).collect(),
@@ -139,9 +139,8 @@ impl KvCache {
 /// LLaMA attention.
 #[derive(Debug, Clone)]
 pub struct LlamaAttention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// `q_proj`, `k_proj`, `v_proj`, stacked.
+    qkv_proj: FusedLinear<3>,
     o_proj: Linear,
     heads: usize,
     kv_heads: usize,
@@ -150,8 +149,8 @@ pub struct LlamaAttention {
 /// LLaMA SwiGLU MLP.
 #[derive(Debug, Clone)]
 pub struct LlamaMlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// `gate_proj`, `up_proj`, stacked.
+    gate_up_proj: FusedLinear<2>,
     down_proj: Linear,
 }
 
@@ -173,9 +172,11 @@ impl LlamaDecoderLayer {
         Ok(Self {
             input_layernorm: RmsNorm::load(&p.pp("input_layernorm"), h, c.rms_norm_eps)?,
             self_attn: LlamaAttention {
-                q_proj: Linear::load_quantizable(&a.pp("q_proj"), h, h, false)?,
-                k_proj: Linear::load_quantizable(&a.pp("k_proj"), h, kv, false)?,
-                v_proj: Linear::load_quantizable(&a.pp("v_proj"), h, kv, false)?,
+                qkv_proj: FusedLinear::new([
+                    Linear::load_quantizable(&a.pp("q_proj"), h, h, false)?,
+                    Linear::load_quantizable(&a.pp("k_proj"), h, kv, false)?,
+                    Linear::load_quantizable(&a.pp("v_proj"), h, kv, false)?,
+                ]),
                 o_proj: Linear::load_quantizable(&a.pp("o_proj"), h, h, false)?,
                 heads: c.num_attention_heads,
                 kv_heads: c.num_key_value_heads,
@@ -186,13 +187,10 @@ impl LlamaDecoderLayer {
                 c.rms_norm_eps,
             )?,
             mlp: LlamaMlp {
-                gate_proj: Linear::load_quantizable(
-                    &m.pp("gate_proj"),
-                    h,
-                    c.intermediate_size,
-                    false,
-                )?,
-                up_proj: Linear::load_quantizable(&m.pp("up_proj"), h, c.intermediate_size, false)?,
+                gate_up_proj: FusedLinear::new([
+                    Linear::load_quantizable(&m.pp("gate_proj"), h, c.intermediate_size, false)?,
+                    Linear::load_quantizable(&m.pp("up_proj"), h, c.intermediate_size, false)?,
+                ]),
                 down_proj: Linear::load_quantizable(
                     &m.pp("down_proj"),
                     c.intermediate_size,
@@ -207,9 +205,11 @@ impl LlamaDecoderLayer {
         let a = &self.self_attn;
         let y = self.input_layernorm.forward(x.clone());
         let start = cache.len;
-        let q = rope.apply(split_heads(a.q_proj.forward(y.clone()), a.heads), start);
-        let k = rope.apply(split_heads(a.k_proj.forward(y.clone()), a.kv_heads), start);
-        let v = split_heads(a.v_proj.forward(y), a.kv_heads);
+        let n = y.dims()[1];
+        let [q, k, v] = a.qkv_proj.forward(y);
+        let q = rope.apply(split_heads(q, a.heads), start);
+        let k = rope.apply(split_heads(k, a.kv_heads), start);
+        let v = split_heads(v, a.kv_heads);
         let (k, v) = cache.append(layer, k, v);
         let b = q.dims()[0];
         let total = k.dims()[2];
@@ -219,12 +219,14 @@ impl LlamaDecoderLayer {
                 .reshape([1, total])
                 .expand([b, total])
         });
-        // Causal, bottom-right aligned: a decode step (n = 1) sees every cached key.
-        let out = attention(q, k, v, mask, true);
+        // Causal, bottom-right aligned: a decode step (n = 1) sees every cached key, so it
+        // needs no causal mask (which Burn's attention would build and upload every layer).
+        let out = attention(q, k, v, mask, n > 1);
         let x = x + a.o_proj.forward(merge_heads(out));
         let y = self.post_attention_layernorm.forward(x.clone());
         let m = &self.mlp;
-        let hidden = silu(m.gate_proj.forward(y.clone())) * m.up_proj.forward(y);
+        let [gate, up] = m.gate_up_proj.forward(y);
+        let hidden = silu(gate) * up;
         x + m.down_proj.forward(hidden)
     }
 }
@@ -288,6 +290,17 @@ impl Llama {
     pub fn embed(&self, ids: &[i64], device: &Device) -> Tensor<3> {
         self.embed_tokens
             .forward(ids, device, self.dtype)
+            .unsqueeze()
+    }
+
+    /// The embedding of one token whose id is already on the device (`id_on_device`, `[1]`,
+    /// holding `id`): the decode step's input, with no upload.
+    ///
+    /// # Shapes
+    /// -> `[1, 1, H]`
+    pub fn embed_on_device(&self, id_on_device: Tensor<1, Int>, id: i64) -> Tensor<3> {
+        self.embed_tokens
+            .forward_on_device(id_on_device, &[id], self.dtype)
             .unsqueeze()
     }
 

@@ -17,7 +17,7 @@ pub mod prompt_encoder;
 pub mod two_way_transformer;
 pub mod vision;
 
-use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Device, Tensor};
 
 use crate::config::{ClipVisionConfig, PixelLmConfig};
 use crate::error::{Error, Result};
@@ -388,10 +388,7 @@ impl PixelLmModel {
             .chain(patch_valid.iter().map(|v| !v))
             .collect();
         let n = mask.len();
-        Some(Tensor::<1, Bool>::from_data(
-            TensorData::new(mask, [n]),
-            &self.device,
-        ))
+        Some(crate::kernels::upload_mask(mask, [n], &self.device))
     }
 
     /// LLM input embeddings with the image tokens spliced in place of the single

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor};
 
 use super::params::Params;
 use crate::error::Result;
@@ -84,6 +84,74 @@ impl Linear {
         match &self.weight {
             Matrix::Dense(w) => kernels::linear(x, w, self.bias.as_ref()),
             Matrix::Packed(w) => kernels::qlinear(x, w, self.bias.as_ref()),
+        }
+    }
+}
+
+/// Several projections of one input run as one product: their `[out_i, in]` weights
+/// stacked at load into one `[Σ out_i, in]` matrix and the output split back (LLaMA's
+/// q/k/v and gate/up: one matrix product per step instead of three and two, so fewer
+/// kernel launches on a GPU and fewer trips through the thread pool on the CPU). Parts that
+/// cannot share one matrix (packed in different formats, bias on some only) stay separate.
+#[derive(Debug, Clone)]
+pub struct FusedLinear<const N: usize> {
+    /// One stacked layer, or the `N` parts one by one.
+    layers: Vec<Linear>,
+    /// `out_i` of each part, in order.
+    widths: [usize; N],
+}
+
+impl<const N: usize> FusedLinear<N> {
+    /// Stacks `parts` (each `[out_i, in]`, the same `in`).
+    pub fn new(parts: [Linear; N]) -> Self {
+        let widths = std::array::from_fn(|i| parts[i].weight.dims()[0]);
+        let weight = if parts.iter().all(|l| matches!(l.weight, Matrix::Dense(_))) {
+            let dense = parts
+                .iter()
+                .filter_map(|l| match &l.weight {
+                    Matrix::Dense(w) => Some(w.clone()),
+                    Matrix::Packed(_) => None,
+                })
+                .collect();
+            Some(Matrix::Dense(Tensor::cat(dense, 0)))
+        } else {
+            let packed: Vec<&QuantMatrix> = parts
+                .iter()
+                .filter_map(|l| match &l.weight {
+                    Matrix::Packed(m) => Some(m.as_ref()),
+                    Matrix::Dense(_) => None,
+                })
+                .collect();
+            (packed.len() == parts.len())
+                .then(|| QuantMatrix::stack_rows(&packed))
+                .flatten()
+                .map(|m| Matrix::Packed(Arc::new(m)))
+        };
+        let bias = match parts.iter().filter(|l| l.bias.is_some()).count() {
+            0 => Some(None),
+            n if n == parts.len() => Some(Some(Tensor::cat(
+                parts.iter().filter_map(|l| l.bias.clone()).collect(),
+                0,
+            ))),
+            _ => None,
+        };
+        let layers = match (weight, bias) {
+            (Some(weight), Some(bias)) => vec![Linear { weight, bias }],
+            _ => parts.into(),
+        };
+        Self { layers, widths }
+    }
+
+    /// Each part's output, in order.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> [Tensor<D>; N] {
+        match self.layers.as_slice() {
+            [one] if N > 1 => {
+                let y = one.forward(x);
+                let starts: [usize; N] =
+                    std::array::from_fn(|i| self.widths[..i].iter().sum::<usize>());
+                std::array::from_fn(|i| y.clone().narrow(D - 1, starts[i], self.widths[i]))
+            }
+            layers => std::array::from_fn(|i| layers[i].forward(x.clone())),
         }
     }
 }
@@ -194,20 +262,41 @@ impl Embedding {
     /// ids `[n]` -> `[n, d]`
     pub fn forward(&self, ids: &[i64], device: &Device, dtype: burn::tensor::DType) -> Tensor<2> {
         match &self.weight {
-            Matrix::Dense(w) => {
-                let ids =
-                    Tensor::<1, Int>::from_data(TensorData::new(ids.to_vec(), [ids.len()]), device);
-                w.clone().select(0, ids)
-            }
-            Matrix::Packed(m) => {
-                let mut rows = Vec::with_capacity(ids.len() * m.cols());
-                for &id in ids {
-                    m.dequantize_row(id as usize, &mut rows);
-                }
-                kernels::upload(rows, [ids.len(), m.cols()], device, dtype)
-            }
+            Matrix::Dense(w) => w
+                .clone()
+                .select(0, kernels::upload_ids(ids.to_vec(), device)),
+            Matrix::Packed(m) => packed_rows(m, ids, device, dtype),
         }
     }
+
+    /// [`Embedding::forward`] with the ids already on the device (`on_device`, `[n]`; the
+    /// same values as `ids`): a decode step feeds the argmax it just computed back without
+    /// uploading it. A packed table (CPU only) unpacks the rows of `ids` on the host.
+    pub fn forward_on_device(
+        &self,
+        on_device: Tensor<1, Int>,
+        ids: &[i64],
+        dtype: burn::tensor::DType,
+    ) -> Tensor<2> {
+        match &self.weight {
+            Matrix::Dense(w) => w.clone().select(0, on_device),
+            Matrix::Packed(m) => packed_rows(m, ids, &on_device.device(), dtype),
+        }
+    }
+}
+
+/// The rows `ids` of a packed table, unpacked on the host and uploaded in `dtype`.
+fn packed_rows(
+    m: &QuantMatrix,
+    ids: &[i64],
+    device: &Device,
+    dtype: burn::tensor::DType,
+) -> Tensor<2> {
+    let mut rows = Vec::with_capacity(ids.len() * m.cols());
+    for &id in ids {
+        m.dequantize_row(id as usize, &mut rows);
+    }
+    kernels::upload(rows, [ids.len(), m.cols()], device, dtype)
 }
 
 /// CLIP's `quick_gelu`: `x · σ(1.702 x)` ([`kernels::quick_gelu`]).
