@@ -566,3 +566,227 @@ fn fused_rope_matches_burn_ops() {
         }
     }
 }
+
+/// The fused one-query attention against Burn's ops: grouped-query heads, keys and values
+/// read as narrowed views of a longer cache, with and without hidden keys (one batch row
+/// hides every key: zeros, as Burn's NaN-safe softmax gives).
+#[test]
+fn fused_attention_step_matches_burn_ops() {
+    let _turn = turn();
+    let (heads, kv_heads, d, capacity) = (4usize, 2usize, 16usize, 24usize);
+    for (b, device) in backends() {
+        for dtype in kernel_dtypes(*b) {
+            let q = tensor(values(2 * heads * d, 6), [2, heads, 1, d], device, dtype);
+            let keys = tensor(
+                values(2 * kv_heads * capacity * d, 7),
+                [2, kv_heads, capacity, d],
+                device,
+                dtype,
+            );
+            let vals = tensor(
+                values(2 * kv_heads * capacity * d, 8),
+                [2, kv_heads, capacity, d],
+                device,
+                dtype,
+            );
+            for lk in [1usize, 9, capacity] {
+                let k = keys.clone().narrow(2, 0, lk);
+                let v = vals.clone().narrow(2, 0, lk);
+                // Batch 0 hides every third key; batch 1 hides all of them.
+                let hidden: Vec<bool> = (0..2 * lk)
+                    .map(|i| if i < lk { i % 3 == 1 } else { true })
+                    .collect();
+                let mask = Tensor::<2, burn::tensor::Bool>::from_data(
+                    TensorData::new(hidden, [2, lk]),
+                    device,
+                );
+                for (what, mask) in [("open", None), ("hidden keys", Some(mask))] {
+                    let (ours, _) = host(pixellm::kernels::attention(
+                        q.clone(),
+                        k.clone(),
+                        v.clone(),
+                        mask.clone(),
+                        true,
+                    ));
+                    let (want, _) = host(pixellm::kernels::burn_attention(
+                        q.clone(),
+                        k.clone(),
+                        v.clone(),
+                        mask,
+                        true,
+                    ));
+                    let err = rel_err(&ours, &want);
+                    assert!(
+                        err <= kernel_tol(dtype),
+                        "[{b}] {dtype:?} attention step, {lk} keys, {what}: relative error {err:.2e}"
+                    );
+                    if what == "hidden keys" {
+                        let row = heads * d;
+                        assert!(
+                            ours[row..].iter().all(|&x| x == 0.0),
+                            "[{b}] {dtype:?} a query that sees no key gets zeros"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The fused SwiGLU against Burn's `silu(gate) * up`, on the two halves of a stacked
+/// product (strided views) and on contiguous operands.
+#[test]
+fn fused_swiglu_matches_burn_ops() {
+    let _turn = turn();
+    let (n, width) = (3usize, 40usize);
+    for (b, device) in backends() {
+        for dtype in kernel_dtypes(*b) {
+            let stacked = tensor(values(n * 2 * width, 9), [1, n, 2 * width], device, dtype);
+            let halves = (
+                stacked.clone().narrow(2, 0, width),
+                stacked.narrow(2, width, width),
+            );
+            let plain = (
+                tensor(values(n * width, 10), [1, n, width], device, dtype),
+                tensor(values(n * width, 11), [1, n, width], device, dtype),
+            );
+            for (what, (gate, up)) in [("stacked halves", halves), ("contiguous", plain)] {
+                let (ours, _) = host(pixellm::kernels::swiglu(gate.clone(), up.clone()));
+                let (want, _) = host(pixellm::kernels::silu(gate) * up);
+                let err = rel_err(&ours, &want);
+                assert!(
+                    err <= kernel_tol(dtype),
+                    "[{b}] {dtype:?} swiglu {what}: relative error {err:.2e}"
+                );
+            }
+        }
+    }
+}
+
+/// The fused one-row product (with bias, with a residual) against Burn's matmul and
+/// additions, for a row-major weight and for a transposed view read in place.
+#[test]
+fn fused_gemv_matches_burn_ops() {
+    let _turn = turn();
+    let (d_in, d_out) = (300usize, 70usize);
+    for (b, device) in backends() {
+        for dtype in kernel_dtypes(*b) {
+            let x = tensor(values(d_in, 12), [1, 1, d_in], device, dtype);
+            let bias = tensor(values(d_out, 13), [d_out], device, dtype);
+            let residual = tensor(values(d_out, 14), [1, 1, d_out], device, dtype);
+            let rows = tensor(values(d_out * d_in, 15), [d_out, d_in], device, dtype);
+            let columns =
+                tensor(values(d_out * d_in, 15), [d_in, d_out], device, dtype).transpose();
+            for (what, w) in [("row-major", rows), ("transposed view", columns)] {
+                let reference = x
+                    .clone()
+                    .reshape([1, d_in])
+                    .matmul(w.clone().transpose())
+                    .reshape([1, 1, d_out]);
+                let with_bias = reference.clone() + bias.clone().reshape([1, 1, d_out]);
+                let checks = [
+                    (
+                        "plain",
+                        pixellm::kernels::linear(x.clone(), &w, None),
+                        reference,
+                    ),
+                    (
+                        "bias",
+                        pixellm::kernels::linear(x.clone(), &w, Some(&bias)),
+                        with_bias.clone(),
+                    ),
+                    (
+                        "bias + residual",
+                        pixellm::kernels::linear_residual(
+                            x.clone(),
+                            &w,
+                            Some(&bias),
+                            residual.clone(),
+                        ),
+                        residual.clone() + with_bias,
+                    ),
+                ];
+                for (case, ours, want) in checks {
+                    let err = rel_err(&host(ours).0, &host(want).0);
+                    assert!(
+                        err <= kernel_tol(dtype),
+                        "[{b}] {dtype:?} gemv {what} {case}: relative error {err:.2e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The fused RoPE + cache write against RoPE then two slice assignments: the caches after
+/// a prefill and a decode step, from strided key/value views. A cache another tensor still
+/// holds is not written in place: that tensor keeps its values.
+#[test]
+fn fused_rope_kv_write_matches_burn_ops() {
+    let _turn = turn();
+    let (kv_heads, d, capacity) = (2usize, 16usize, 12usize);
+    for (b, device) in backends() {
+        for dtype in kernel_dtypes(*b) {
+            let cos = tensor(values(capacity * d, 16), [capacity, d], device, dtype);
+            let sin = tensor(values(capacity * d, 17), [capacity, d], device, dtype);
+            let zeros = || Tensor::<4>::zeros([1, kv_heads, capacity, d], (device, dtype));
+            let (mut ours, mut want) = ((zeros(), zeros()), (zeros(), zeros()));
+            for (step, (start, n)) in [(0usize, 5usize), (5, 1), (6, 1)].into_iter().enumerate() {
+                // `[1, n, kv_heads, d]` swapped: the heads split of a projection's output.
+                let k = tensor(
+                    values(n * kv_heads * d, 18 + step as u32),
+                    [1, n, kv_heads, d],
+                    device,
+                    dtype,
+                )
+                .swap_dims(1, 2);
+                let v = tensor(
+                    values(n * kv_heads * d, 28 + step as u32),
+                    [1, n, kv_heads, d],
+                    device,
+                    dtype,
+                )
+                .swap_dims(1, 2);
+                ours = pixellm::kernels::rope_kv_write(
+                    ours.0,
+                    ours.1,
+                    k.clone(),
+                    v.clone(),
+                    &cos,
+                    &sin,
+                    start,
+                );
+                let rotated = pixellm::kernels::burn_rope(k, &cos, &sin, start);
+                let ranges = [0..1, 0..kv_heads, start..start + n, 0..d];
+                want = (
+                    want.0.slice_assign(ranges.clone(), rotated),
+                    want.1.slice_assign(ranges, v),
+                );
+                for (what, o, w) in [("keys", &ours.0, &want.0), ("values", &ours.1, &want.1)] {
+                    let err = rel_err(&host(o.clone()).0, &host(w.clone()).0);
+                    assert!(
+                        err <= kernel_tol(dtype),
+                        "[{b}] {dtype:?} {what} after writing {start}..{}: relative error {err:.2e}",
+                        start + n
+                    );
+                }
+            }
+            // A cache that is shared: written by copy, the other holder unchanged.
+            let held = ours.0.clone();
+            let before = host(held.clone()).0;
+            let k = tensor(values(kv_heads * d, 40), [1, kv_heads, 1, d], device, dtype);
+            let (keys, _) =
+                pixellm::kernels::rope_kv_write(ours.0, ours.1, k.clone(), k, &cos, &sin, 7);
+            assert_eq!(
+                host(held).0,
+                before,
+                "[{b}] {dtype:?} a shared cache was written in place"
+            );
+            assert_ne!(
+                host(keys).0,
+                before,
+                "[{b}] {dtype:?} the new key was not written"
+            );
+        }
+    }
+}

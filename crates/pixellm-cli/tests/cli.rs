@@ -1088,12 +1088,82 @@ fn bench_reports_weight_bytes_per_quant() {
         let j = read_json(&json);
         assert_eq!(j["quant"], quant);
         bytes.push(j["weight_bytes"].as_u64().unwrap());
+        // A decode step reads the id back once and uploads nothing (the argmax feeds the
+        // next embedding on the device); a packed embedding (CPU only) uploads the row it
+        // unpacks on the host.
+        assert_eq!(j["reads_per_decode_token"], 1.0, "{quant}: {j}");
+        let uploads = if quant == "none" { 0.0 } else { 1.0 };
+        assert_eq!(j["uploads_per_decode_token"], uploads, "{quant}: {j}");
+        assert!(
+            j["launches_per_decode_token"].is_null(),
+            "the CPU launches no kernels"
+        );
     }
     eprintln!(
         "tiny shape weight bytes: none {}, q8 {}, q4 {}",
         bytes[0], bytes[1], bytes[2]
     );
     assert!(bytes[0] > bytes[1] && bytes[1] > bytes[2], "{bytes:?}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// On a GPU backend (`wgpu`; lavapipe in CI), `bench --json` counts what one decode step
+/// does on the device, and the fused kernels keep it at 10 launches per LLM layer (RMSNorm,
+/// q/k/v GEMV, RoPE of the queries, RoPE + cache write of keys and values, attention,
+/// o GEMV + residual, RMSNorm, gate/up GEMV, SwiGLU, down GEMV + residual) plus 5 per step
+/// (key padding slice, final norm, LM head, argmax, embedding), with no upload, one read
+/// (the token id) and no compilation after the first two steps. Counts, not times: the
+/// same on lavapipe as on a real GPU.
+#[test]
+fn bench_counts_decode_launches_on_a_gpu_backend() {
+    let root = scratch("bench-counts");
+    let json = root.join("wgpu.json");
+    let out = pixellm()
+        .args(["-q", "bench", "--backend", "wgpu", "--iters", "1"])
+        .args(["--new-tokens", "6", "--prompt-tokens", "4", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let required = std::env::var("PIXELLM_REQUIRE_BACKENDS").is_ok_and(|b| b.contains("wgpu"));
+    if !out.status.success() && stderr.contains("no usable GPU adapter") && !required {
+        eprintln!("skipping: no wgpu adapter ({stderr})");
+        std::fs::remove_dir_all(&root).unwrap();
+        return;
+    }
+    assert!(out.status.success(), "{stderr}");
+    let j = read_json(&json);
+    eprintln!(
+        "wgpu decode step: {} launches ({} per layer), by kernel {}",
+        j["launches_per_decode_token"],
+        j["launches_per_layer_per_decode_token"],
+        j["decode_launches_by_kernel"]
+    );
+    let layers = j["llm_layers"].as_f64().unwrap();
+    assert_eq!(layers, 4.0, "{j}");
+    let launches = j["launches_per_decode_token"].as_f64().unwrap();
+    assert!(
+        launches <= 10.0 * layers + 5.0,
+        "{launches} launches per token: {j}"
+    );
+    assert_eq!(
+        j["max_launches_per_decode_token"].as_f64(),
+        Some(launches),
+        "every step alike: {j}"
+    );
+    assert_eq!(j["uploads_per_decode_token"], 0.0, "{j}");
+    assert_eq!(j["reads_per_decode_token"], 1.0, "{j}");
+    assert_eq!(j["compilations_after_warmup"], 0, "{j}");
+    let kernels = j["decode_launches_by_kernel"].as_object().unwrap();
+    for fused in [
+        "RmsNormKernel",
+        "GemvKernel",
+        "AttentionStepKernel",
+        "RopeKvWriteKernel",
+        "SwigluKernel",
+    ] {
+        assert!(kernels.contains_key(fused), "{fused} not launched: {j}");
+    }
     std::fs::remove_dir_all(&root).unwrap();
 }
 

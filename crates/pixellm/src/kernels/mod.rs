@@ -125,6 +125,11 @@ pub fn linear<const D: usize>(
         Ok(y) => return y.reshape(dims),
         Err(x) => x,
     };
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    let x = match cube::gemv(x, weight, bias, None) {
+        Ok(y) => return y.reshape(dims),
+        Err(x) => x,
+    };
     let mut y = match gemv_chunks(weight, rows) {
         Some(chunks) => matmul(
             x.reshape([1, 1, d_in]),
@@ -140,6 +145,34 @@ pub fn linear<const D: usize>(
         y = y + b.clone().unsqueeze();
     }
     y.reshape(dims)
+}
+
+/// `residual + linear(x, weight, bias)` (a residual connection after a projection): for
+/// one row on a CubeCL backend one fused launch ([`linear`]'s GEMV adding the residual),
+/// elsewhere [`linear`] then the sum.
+pub fn linear_residual<const D: usize>(
+    x: Tensor<D>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+    residual: Tensor<D>,
+) -> Tensor<D> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    let x = {
+        let (dims, rdims) = (x.dims(), residual.dims());
+        let d_out = weight.dims()[0];
+        let one_row = dims[..D - 1].iter().product::<usize>() == 1;
+        if one_row && rdims[D - 1] == d_out && rdims.iter().product::<usize>() == d_out {
+            let x2 = x.reshape([1, dims[D - 1]]);
+            let r2 = residual.clone().reshape([1, d_out]);
+            match cube::gemv(x2, weight, bias, Some(&r2)) {
+                Ok(y) => return y.reshape(rdims),
+                Err(x2) => x2.reshape(dims),
+            }
+        } else {
+            x
+        }
+    };
+    residual + linear(x, weight, bias)
 }
 
 /// [`linear`] with a packed weight ([`quant::QuantMatrix`]): on the CPU backend the
@@ -250,7 +283,8 @@ pub fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
 /// Scaled-dot-product attention on `[B, H, L, d]` queries and `[B, H/g, L, d]` keys and
 /// values (grouped-query attention when `g > 1`), through Burn's
 /// `attention` op, or on the CPU backend through `gemm` and a vectorised softmax
-/// (the CPU kernels: Burn's CPU attention computes its softmax with a scalar `exp`).
+/// (the CPU kernels: Burn's CPU attention computes its softmax with a scalar `exp`), or for
+/// one query on a CubeCL backend through one fused kernel (`kernels/cube.rs`).
 ///
 /// `key_padding`: `[B, Lk]`, `true` = the key is hidden from every query. `causal`: key `j`
 /// is hidden from query `i` when `j > i + Lk − Lq` (bottom-right aligned, so a decode step
@@ -262,10 +296,28 @@ pub fn attention(
     key_padding: Option<Tensor<2, burn::tensor::Bool>>,
     causal: bool,
 ) -> Tensor<4> {
+    let d = q.dims()[3];
+    let scale = 1.0 / (d as f64).sqrt();
+    cpu_kernel_or!((q, k, v, key_padding) = attention(q, k, v, key_padding, scale as f32, causal));
+    // One query (a decode step) on a CubeCL backend: one fused launch.
+    cube_kernel_or!(
+        (q, k, v, key_padding) = attention_step(q, k, v, key_padding, scale as f32, causal)
+    );
+    burn_attention(q, k, v, key_padding, causal)
+}
+
+/// [`attention`] from Burn's ops (the reference the fused kernels are tested against; on
+/// CUDA in f32, two full-f32 products around a softmax).
+pub fn burn_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    key_padding: Option<Tensor<2, burn::tensor::Bool>>,
+    causal: bool,
+) -> Tensor<4> {
     let [b, h, lq, d] = q.dims();
     let lk = k.dims()[2];
     let scale = 1.0 / (d as f64).sqrt();
-    cpu_kernel_or!((q, k, v, key_padding) = attention(q, k, v, key_padding, scale as f32, causal));
     // Burn's attention (without autotune: separate kernels) multiplies f32 in TF32 on CUDA.
     #[cfg(feature = "cuda")]
     if cuda::applies(&q) {
@@ -473,6 +525,29 @@ pub fn burn_rms_norm<const D: usize>(x: Tensor<D>, weight: &Tensor<1>, eps: f64)
     from_f32(x * (ms + eps).sqrt().recip(), dtype) * weight.clone().unsqueeze()
 }
 
+/// Writes RoPE(`k`) and `v` (`[B, kv_heads, n, d]`, the new keys before rotation and the
+/// values) at positions `start..start + n` of the caches `keys`/`values`
+/// (`[B, kv_heads, capacity, d]`) and returns the caches: on CubeCL backends in place in
+/// one launch, elsewhere [`rope`] then two slice assignments (in place where Burn can).
+pub fn rope_kv_write(
+    keys: Tensor<4>,
+    values: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    cos: &Tensor<2>,
+    sin: &Tensor<2>,
+    start: usize,
+) -> (Tensor<4>, Tensor<4>) {
+    cube_kernel_or!((keys, values, k, v) = rope_kv_write(keys, values, k, v, cos, sin, start));
+    let k = rope(k, cos, sin, start);
+    let [b, h, n, d] = k.dims();
+    let ranges = [0..b, 0..h, start..start + n, 0..d];
+    (
+        keys.slice_assign(ranges.clone(), k),
+        values.slice_assign(ranges, v),
+    )
+}
+
 /// Rotary position embedding of `x` (`[B, heads, n, d]`) at positions `start..start + n`
 /// with the `cos`/`sin` tables (`[positions, d]`): `x · cos + rotate_half(x) · sin`.
 ///
@@ -534,6 +609,14 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     cpu_kernel_or!(x = silu(x));
     activation::silu(x)
+}
+
+/// LLaMA's MLP activation `silu(gate) · up` (same shapes): on CubeCL backends one fused
+/// launch reading both operands in place (the halves of the stacked gate/up product),
+/// elsewhere [`silu`] then the product.
+pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    cube_kernel_or!((gate, up) = swiglu(gate, up));
+    silu(gate) * up
 }
 
 /// `x` in f32 (no-op when it already is).

@@ -7,7 +7,7 @@
 
 use burn::tensor::{Bool, Device, Int, Tensor};
 
-use super::nn::{merge_heads, silu, split_heads, Embedding, FusedLinear, Linear, RmsNorm};
+use super::nn::{merge_heads, split_heads, swiglu, Embedding, FusedLinear, Linear, RmsNorm};
 use super::params::Params;
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
@@ -119,16 +119,24 @@ impl KvCache {
         self.len = 0;
     }
 
-    /// Writes `k`, `v` (`[1, kv_heads, n, d]`) of `layer` at positions `len..len + n` and
-    /// returns the keys and values of positions `0..len + n`.
-    fn append(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        let [b, h, n, d] = k.dims();
+    /// Writes RoPE(`k`) and `v` (`[1, kv_heads, n, d]`, `k` not yet rotated) of `layer` at
+    /// positions `len..len + n` and returns the keys and values of positions `0..len + n`.
+    fn append(
+        &mut self,
+        layer: usize,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        rope: &Rope,
+    ) -> (Tensor<4>, Tensor<4>) {
+        let n = k.dims()[2];
         let (start, end) = (self.len, self.len + n);
-        let ranges = [0..b, 0..h, start..end, 0..d];
+        // Taken out (a cheap handle stands in) so the write can happen in place.
         let keys = std::mem::replace(&mut self.keys[layer], k.clone());
-        self.keys[layer] = keys.slice_assign(ranges.clone(), k);
         let values = std::mem::replace(&mut self.values[layer], v.clone());
-        self.values[layer] = values.slice_assign(ranges, v);
+        let (keys, values) =
+            crate::kernels::rope_kv_write(keys, values, k, v, &rope.cos, &rope.sin, start);
+        self.keys[layer] = keys;
+        self.values[layer] = values;
         (
             self.keys[layer].clone().narrow(2, 0, end),
             self.values[layer].clone().narrow(2, 0, end),
@@ -201,33 +209,36 @@ impl LlamaDecoderLayer {
         })
     }
 
-    fn forward(&self, x: Tensor<3>, layer: usize, rope: &Rope, cache: &mut KvCache) -> Tensor<3> {
+    /// `mask`: the cache's key padding over the keys this step sees (`[1, len + n]`).
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        layer: usize,
+        rope: &Rope,
+        cache: &mut KvCache,
+        mask: Option<&Tensor<2, Bool>>,
+    ) -> Tensor<3> {
         let a = &self.self_attn;
         let y = self.input_layernorm.forward(x.clone());
         let start = cache.len;
         let n = y.dims()[1];
         let [q, k, v] = a.qkv_proj.forward(y);
         let q = rope.apply(split_heads(q, a.heads), start);
-        let k = rope.apply(split_heads(k, a.kv_heads), start);
-        let v = split_heads(v, a.kv_heads);
-        let (k, v) = cache.append(layer, k, v);
-        let b = q.dims()[0];
-        let total = k.dims()[2];
-        let mask = cache.key_padding.as_ref().map(|m| {
-            m.clone()
-                .narrow(0, 0, total)
-                .reshape([1, total])
-                .expand([b, total])
-        });
+        let (k, v) = cache.append(
+            layer,
+            split_heads(k, a.kv_heads),
+            split_heads(v, a.kv_heads),
+            rope,
+        );
         // Causal, bottom-right aligned: a decode step (n = 1) sees every cached key, so it
         // needs no causal mask (which Burn's attention would build and upload every layer).
-        let out = attention(q, k, v, mask, n > 1);
-        let x = x + a.o_proj.forward(merge_heads(out));
+        let out = attention(q, k, v, mask.cloned(), n > 1);
+        let x = a.o_proj.forward_residual(merge_heads(out), x);
         let y = self.post_attention_layernorm.forward(x.clone());
         let m = &self.mlp;
         let [gate, up] = m.gate_up_proj.forward(y);
-        let hidden = silu(gate) * up;
-        x + m.down_proj.forward(hidden)
+        let hidden = swiglu(gate, up);
+        m.down_proj.forward_residual(hidden, x)
     }
 }
 
@@ -315,9 +326,15 @@ impl Llama {
                 cache.capacity
             )));
         }
+        // The key padding over the keys this step sees, sliced once for every layer.
+        let total = cache.len + n;
+        let mask = cache
+            .key_padding
+            .as_ref()
+            .map(|m| m.clone().narrow(0, 0, total).reshape([1, total]));
         let mut h = embeds;
         for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(h, i, &self.rope, cache);
+            h = layer.forward(h, i, &self.rope, cache, mask.as_ref());
         }
         cache.len += n;
         Ok(self.norm.forward(h))

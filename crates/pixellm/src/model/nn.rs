@@ -86,6 +86,15 @@ impl Linear {
             Matrix::Packed(w) => kernels::qlinear(x, w, self.bias.as_ref()),
         }
     }
+
+    /// `residual + self.forward(x)`: a residual connection after the layer, fused where a
+    /// kernel can ([`kernels::linear_residual`]).
+    pub fn forward_residual<const D: usize>(&self, x: Tensor<D>, residual: Tensor<D>) -> Tensor<D> {
+        match &self.weight {
+            Matrix::Dense(w) => kernels::linear_residual(x, w, self.bias.as_ref(), residual),
+            Matrix::Packed(w) => residual + kernels::qlinear(x, w, self.bias.as_ref()),
+        }
+    }
 }
 
 /// Several projections of one input run as one product: their `[out_i, in]` weights
@@ -313,6 +322,11 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// `silu`: `x · σ(x)` ([`kernels::silu`]).
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     kernels::silu(x)
+}
+
+/// LLaMA's SwiGLU activation `silu(gate) · up` ([`kernels::swiglu`]).
+pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    kernels::swiglu(gate, up)
 }
 
 /// Multi-head scaled dot-product attention on `[B, L, heads·d]` inputs
