@@ -1110,8 +1110,8 @@ fn bench_reports_weight_bytes_per_quant() {
 /// On a GPU backend (`wgpu`; lavapipe in CI), `bench --json` counts what one decode step
 /// does on the device, and the fused kernels keep it at 10 launches per LLM layer (RMSNorm,
 /// q/k/v GEMV, RoPE of the queries, RoPE + cache write of keys and values, attention,
-/// o GEMV + residual, RMSNorm, gate/up GEMV, SwiGLU, down GEMV + residual) plus 5 per step
-/// (key padding slice, final norm, LM head, argmax, embedding), with no upload, one read
+/// o GEMV + residual, RMSNorm, gate/up GEMV, SwiGLU, down GEMV + residual) plus at most 5
+/// per step (key padding slice, final norm, LM head, argmax, embedding), no upload, one read
 /// (the token id) and no compilation after the first two steps. Counts, not times: the
 /// same on lavapipe as on a real GPU.
 #[test]
@@ -1141,15 +1141,12 @@ fn bench_counts_decode_launches_on_a_gpu_backend() {
     );
     let layers = j["llm_layers"].as_f64().unwrap();
     assert_eq!(layers, 4.0, "{j}");
-    let launches = j["launches_per_decode_token"].as_f64().unwrap();
+    // The most launches of any step (Burn's slice of the key padding is a view on some
+    // steps and a copy on others).
+    let launches = j["max_launches_per_decode_token"].as_f64().unwrap();
     assert!(
         launches <= 10.0 * layers + 5.0,
         "{launches} launches per token: {j}"
-    );
-    assert_eq!(
-        j["max_launches_per_decode_token"].as_f64(),
-        Some(launches),
-        "every step alike: {j}"
     );
     assert_eq!(j["uploads_per_decode_token"], 0.0, "{j}");
     assert_eq!(j["reads_per_decode_token"], 1.0, "{j}");
