@@ -42,7 +42,8 @@ fn run(dtype: DType, quant: Quant) {
                 .err()
                 .unwrap_or_else(|| panic!("[{b}] --quant {} loaded", quant.name()));
             assert!(
-                e.to_string().contains("only the native CPU backend"),
+                e.to_string()
+                    .contains("runs only on the native CPU backend and the GPU backends"),
                 "[{b}] {e}"
             );
             eprintln!("[{b}] --quant {} refused: {e}", quant.name());

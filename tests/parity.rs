@@ -790,3 +790,72 @@ fn fused_rope_kv_write_matches_burn_ops() {
         }
     }
 }
+
+/// Packed matrices on the device (`--quant` on GPU backends) against dequantize-then-matmul
+/// on the host, for every block format: the unpacking kernel and Burn's integer-op
+/// unpacking against the host's values; one row (the packed GEMV, with bias and residual)
+/// and five rows (unpacked, then a matmul) against the product with the host-unpacked
+/// matrix.
+#[test]
+fn packed_device_products_match_dequantize_then_matmul() {
+    use pixellm::kernels::quant::{DeviceQuantMatrix, QuantFormat, QuantMatrix};
+    let _turn = turn();
+    let (d_in, d_out) = (96usize, 40usize);
+    for (b, device) in backends() {
+        for dtype in kernel_dtypes(*b) {
+            for format in [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Q4_1] {
+                let host =
+                    QuantMatrix::quantize(format, d_out, d_in, &values(d_out * d_in, 50)).unwrap();
+                let packed = DeviceQuantMatrix::upload(&host, device);
+                let unpacked = host.dequantize();
+                let reference = tensor(unpacked.clone(), [d_out, d_in], device, dtype);
+                let tag = format!("[{b}] {dtype:?} {format}");
+                let kernel = host_f32(pixellm::kernels::dequantize_device(&packed, dtype));
+                let burn = host_f32(pixellm::kernels::burn_dequantize(&packed, dtype));
+                let exact = host_f32(reference.clone());
+                for (what, got) in [("kernel", kernel), ("Burn ops", burn)] {
+                    let err = rel_err(&got, &exact);
+                    assert!(
+                        err <= 1e-6,
+                        "{tag} unpacking ({what}): relative error {err:.2e}"
+                    );
+                }
+                let bias = tensor(values(d_out, 51), [d_out], device, dtype);
+                let residual = tensor(values(d_out, 52), [1, 1, d_out], device, dtype);
+                for n in [1usize, 5] {
+                    let x = tensor(values(n * d_in, 53), [1, n, d_in], device, dtype);
+                    let ours =
+                        pixellm::kernels::device_qlinear(x.clone(), &packed, Some(&bias), None);
+                    let want = pixellm::kernels::linear(x.clone(), &reference, Some(&bias));
+                    let err = rel_err(&host_f32(ours), &host_f32(want.clone()));
+                    assert!(
+                        err <= kernel_tol(dtype),
+                        "{tag} {n} rows: relative error {err:.2e}"
+                    );
+                    if n == 1 {
+                        let ours = pixellm::kernels::device_qlinear(
+                            x,
+                            &packed,
+                            Some(&bias),
+                            Some(residual.clone()),
+                        );
+                        let err = rel_err(&host_f32(ours), &host_f32(residual.clone() + want));
+                        assert!(
+                            err <= kernel_tol(dtype),
+                            "{tag} one row + residual: relative error {err:.2e}"
+                        );
+                    }
+                }
+                assert!(
+                    packed.bytes() < (d_out * d_in * 4) as u64 / 3,
+                    "{tag}: {} bytes on the device",
+                    packed.bytes()
+                );
+            }
+        }
+    }
+}
+
+fn host_f32<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    host(t).0
+}

@@ -14,6 +14,9 @@
 //! - [`gemv`]: a one-row product `x · Wᵀ` with the bias and a residual added in the same
 //!   launch (Burn's: cubek's matmul, whose default routine tiles for many rows, then one
 //!   launch per addition);
+//! - [`qgemv`] / [`dequantize`]: products with packed `Q8_0`/`Q4_0`/`Q4_1` weights
+//!   ([`DeviceQuantMatrix`]): a one-row product reads the blocks and multiplies in the same
+//!   pass; more rows unpack the matrix for one Burn matmul (`--quant` on GPU backends);
 //! - [`swiglu`]: LLaMA's MLP activation `silu(gate) · up` in one launch, reading the two
 //!   halves of the stacked gate/up product in place (Burn's ops: the sigmoid's chain, two
 //!   products: 5–6);
@@ -39,6 +42,8 @@ use burn::backend::Cube;
 use burn::tensor::{DType, Tensor};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
+
+use super::quant::{DeviceQuantMatrix, QuantFormat};
 use cubecl::prelude::*;
 
 /// Workgroup size for one row of RMSNorm: a power of two (the tree reduction), at most 256
@@ -899,6 +904,283 @@ pub fn gemv(
         burn::backend::cubecl::dtype_to_storage_type(dtype),
     );
     Ok(Tensor::from_primitive::<Cube>(out))
+}
+
+/// The comptime code of a block format in the packed kernels.
+fn format_code(format: QuantFormat) -> u32 {
+    match format {
+        QuantFormat::Q8_0 => 0,
+        QuantFormat::Q4_0 => 1,
+        QuantFormat::Q4_1 => 2,
+    }
+}
+
+/// One workgroup per output value of a one-row product with packed weights: blocks strided
+/// over the workgroup, each block's dot product with `x` from its words (the integer
+/// values times `x`, then the scale; `Q4_0`'s offset of 8 and `Q4_1`'s minimum through the
+/// block's sum of `x`), in f32; the partials summed in shared memory; rounded to `F`, then
+/// `+ bias` and `+ residual` in `F`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn qgemv_kernel<F: Float, I: Int>(
+    x: &[F],
+    words: &[I],
+    scales: &[f32],
+    mins: &[f32],
+    bias: &[F],
+    residual: &[F],
+    out: &mut [F],
+    rows: u32,
+    cols: u32,
+    x_col: u32,
+    #[comptime] format: u32,
+    #[comptime] has_bias: bool,
+    #[comptime] has_residual: bool,
+    #[define(F, I)] _dtypes: [ElemType; 2],
+) {
+    let row = CUBE_POS;
+    if row >= rows as usize {
+        terminate!();
+    }
+    let unit = UNIT_POS as usize;
+    let threads = GEMV_THREADS;
+    let blocks = cols as usize / 32;
+    let x_col = x_col as usize;
+    let mut partial = f32::new(0.0);
+    let mut b = unit;
+    while b < blocks {
+        let block = row * blocks + b;
+        let x_base = b * 32;
+        let mut acc = f32::new(0.0);
+        if format == 0 {
+            let mut k = 0usize;
+            while k < 8 {
+                let w = u32::cast_from(words[block * 8 + k]);
+                let mut byte = 0u32;
+                while byte < 4 {
+                    let q = (w >> (byte * 8)) & 255u32;
+                    let mut v = f32::cast_from(q);
+                    if q >= 128u32 {
+                        v -= f32::new(256.0);
+                    }
+                    acc += v * f32::cast_from(x[(x_base + k * 4 + byte as usize) * x_col]);
+                    byte += 1u32;
+                }
+                k += 1usize;
+            }
+            partial += acc * scales[block];
+        } else {
+            let mut sum_x = f32::new(0.0);
+            let mut k = 0usize;
+            while k < 4 {
+                let w = u32::cast_from(words[block * 4 + k]);
+                let mut byte = 0u32;
+                while byte < 4 {
+                    let q = (w >> (byte * 8)) & 255u32;
+                    let j = x_base + k * 4 + byte as usize;
+                    let lo = f32::cast_from(x[j * x_col]);
+                    let hi = f32::cast_from(x[(j + 16) * x_col]);
+                    acc += f32::cast_from(q & 15u32) * lo + f32::cast_from(q >> 4u32) * hi;
+                    sum_x += lo + hi;
+                    byte += 1u32;
+                }
+                k += 1usize;
+            }
+            if format == 1 {
+                partial += (acc - f32::new(8.0) * sum_x) * scales[block];
+            } else {
+                partial += acc * scales[block] + sum_x * mins[block];
+            }
+        }
+        b += threads;
+    }
+    let mut partials = Shared::<[f32]>::new_slice(threads);
+    partials[unit] = partial;
+    sync_cube();
+    if unit == 0 {
+        let mut sum = f32::new(0.0);
+        let mut t = 0u32;
+        while t < threads as u32 {
+            sum += partials[t as usize];
+            t += 1u32;
+        }
+        let mut y = F::cast_from(sum);
+        if has_bias {
+            y += bias[row];
+        }
+        if has_residual {
+            y += residual[row];
+        }
+        out[row] = y;
+    }
+}
+
+/// One invocation per value of a packed `[rows, cols]` matrix: the value as the host's
+/// dequantisation computes it (`q · d`, `(q − 8) · d`, `q · d + m` in f32), cast to `F`.
+#[cube(launch)]
+fn dequantize_kernel<F: Float, I: Int>(
+    words: &[I],
+    scales: &[f32],
+    mins: &[f32],
+    out: &mut [F],
+    count: u32,
+    #[comptime] format: u32,
+    #[define(F, I)] _dtypes: [ElemType; 2],
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= count as usize {
+        terminate!();
+    }
+    let block = pos / 32;
+    let j = pos % 32;
+    let d = scales[block];
+    if format == 0 {
+        let w = u32::cast_from(words[block * 8 + j / 4]);
+        let q = (w >> (((j % 4) * 8) as u32)) & 255u32;
+        let mut v = f32::cast_from(q);
+        if q >= 128u32 {
+            v -= f32::new(256.0);
+        }
+        out[pos] = F::cast_from(v * d);
+    } else {
+        let jj = j % 16;
+        let w = u32::cast_from(words[block * 4 + jj / 4]);
+        let byte = (w >> (((jj % 4) * 8) as u32)) & 255u32;
+        let mut q = byte & 15u32;
+        if j >= 16 {
+            q = byte >> 4u32;
+        }
+        if format == 1 {
+            out[pos] = F::cast_from((f32::cast_from(q) - f32::new(8.0)) * d);
+        } else {
+            out[pos] = F::cast_from(f32::cast_from(q) * d + mins[block]);
+        }
+    }
+}
+
+/// The primitives of a packed matrix's buffers (`mins` stands in with `scales` where the
+/// format has none: never read).
+fn quant_buffers(w: &DeviceQuantMatrix) -> Option<(CubeTensor, CubeTensor, CubeTensor)> {
+    let words = w.words.clone().try_into_primitive::<Cube>().ok()?;
+    let scales = primitive(&w.scales)?;
+    let mins = primitive(w.mins.as_ref().unwrap_or(&w.scales))?;
+    [&words, &scales, &mins]
+        .iter()
+        .all(|t| plain(t))
+        .then_some((words, scales, mins))
+}
+
+/// `x · Wᵀ (+ bias) (+ residual)` for one row `x` (`[1, in]`) with a packed `w`, as
+/// `[1, out]`; or `x` back.
+pub fn qgemv(
+    x: Tensor<2>,
+    w: &DeviceQuantMatrix,
+    bias: Option<&Tensor<1>>,
+    residual: Option<&Tensor<2>>,
+) -> Result<Tensor<2>, Tensor<2>> {
+    let [rows_x, d_in] = x.dims();
+    let (d_out, dtype) = (w.rows(), x.dtype());
+    let applies = rows_x == 1
+        && d_in == w.cols()
+        && d_in.is_multiple_of(32)
+        && !x.is_autodiff()
+        && bias.is_none_or(|b| b.dims() == [d_out] && b.dtype() == dtype)
+        && residual.is_none_or(|r| r.dims() == [1, d_out] && r.dtype() == dtype)
+        && matches!(dtype, DType::F32 | DType::F16 | DType::BF16);
+    let (true, Some(xp), Some((wp, sp, mp))) = (applies, primitive(&x), quant_buffers(w)) else {
+        return Err(x);
+    };
+    let device = x.device();
+    let extra = |t: Option<Tensor<1>>| {
+        t.unwrap_or_else(|| Tensor::<1>::empty([1], (&device, dtype)))
+            .try_into_primitive::<Cube>()
+            .ok()
+    };
+    let (Some(bp), Some(rp)) = (
+        extra(bias.cloned()),
+        extra(residual.map(|r| r.clone().reshape([d_out]))),
+    ) else {
+        return Err(x);
+    };
+    let Ok(x_col) = u32::try_from(xp.meta.strides()[1]) else {
+        return Err(x);
+    };
+    if xp.meta.is_tiled() || !plain(&bp) || !plain(&rp) {
+        return Err(x);
+    }
+    let (cubes_x, cubes_y) = (
+        d_out.min(u16::MAX as usize),
+        d_out.div_ceil(u16::MAX as usize),
+    );
+    let client = xp.client.clone();
+    let out =
+        empty_device_contiguous_dtype(client.clone(), xp.device.clone(), [1, d_out].into(), dtype);
+    let dtypes = [
+        burn::backend::cubecl::dtype_to_storage_type(dtype),
+        burn::backend::cubecl::dtype_to_storage_type(wp.dtype),
+    ];
+    qgemv_kernel::launch(
+        &client,
+        CubeCount::Static(cubes_x as u32, cubes_y as u32, 1),
+        CubeDim::new_1d(GEMV_THREADS as u32),
+        xp.into_buffer_arg(),
+        wp.into_buffer_arg(),
+        sp.into_buffer_arg(),
+        mp.into_buffer_arg(),
+        bp.into_buffer_arg(),
+        rp.into_buffer_arg(),
+        out.clone().into_buffer_arg(),
+        d_out as u32,
+        d_in as u32,
+        x_col,
+        format_code(w.format()),
+        bias.is_some(),
+        residual.is_some(),
+        dtypes,
+    );
+    Ok(Tensor::from_primitive::<Cube>(out))
+}
+
+/// `w` unpacked into a `[rows, cols]` tensor in `dtype` on its device, or `None` where the
+/// kernel does not apply.
+pub fn dequantize(w: &DeviceQuantMatrix, dtype: DType) -> Option<Tensor<2>> {
+    let count = w.rows() * w.cols();
+    let cubes = count.div_ceil(256);
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+        || count == 0
+        || count > u32::MAX as usize
+    {
+        return None;
+    }
+    let (wp, sp, mp) = quant_buffers(w)?;
+    let (cubes_x, cubes_y) = (
+        cubes.min(u16::MAX as usize),
+        cubes.div_ceil(u16::MAX as usize),
+    );
+    let client = sp.client.clone();
+    let out = empty_device_contiguous_dtype(
+        client.clone(),
+        sp.device.clone(),
+        [w.rows(), w.cols()].into(),
+        dtype,
+    );
+    let dtypes = [
+        burn::backend::cubecl::dtype_to_storage_type(dtype),
+        burn::backend::cubecl::dtype_to_storage_type(wp.dtype),
+    ];
+    dequantize_kernel::launch(
+        &client,
+        CubeCount::Static(cubes_x as u32, cubes_y as u32, 1),
+        CubeDim::new_1d(256),
+        wp.into_buffer_arg(),
+        sp.into_buffer_arg(),
+        mp.into_buffer_arg(),
+        out.clone().into_buffer_arg(),
+        count as u32,
+        format_code(w.format()),
+        dtypes,
+    );
+    Some(Tensor::from_primitive::<Cube>(out))
 }
 
 /// The CubeCL tensor behind `t`, or `None` on another backend.

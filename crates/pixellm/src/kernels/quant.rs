@@ -18,6 +18,7 @@
 //! The matrices are host data here; [`crate::kernels::qlinear`] multiplies by them without
 //! ever unpacking a whole matrix (`kernels/cpu/qgemm.rs` on the CPU backend).
 
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use half::f16;
 
 use crate::error::{Error, Result};
@@ -312,6 +313,125 @@ impl QuantMatrix {
             data,
             ..*self
         }
+    }
+}
+
+/// A [`QuantMatrix`] held on a GPU device for the packed CubeCL kernels (`kernels/cube.rs`):
+/// each block's values as 32-bit words in the GGUF byte order (`Q8_0`: 8 words of four
+/// signed bytes; `Q4_0`/`Q4_1`: 4 words, byte `j` holding value `j` in its low nibble and
+/// value `j + 16` in its high one), and its scale (and `Q4_1`'s minimum) as f32. Words and
+/// f32 keep every buffer 4-byte aligned, which WGSL needs; the f32 scales cost 2 bytes per
+/// block more than GGUF's f16 (`Q4_0`: 20 bytes per 32 values instead of 18).
+#[derive(Debug, Clone)]
+pub struct DeviceQuantMatrix {
+    format: QuantFormat,
+    rows: usize,
+    cols: usize,
+    /// `[rows · cols / 32 · words_per_block]` (i32 bit patterns of the u32 words).
+    pub(crate) words: Tensor<1, Int>,
+    /// `[rows · cols / 32]`.
+    pub(crate) scales: Tensor<1>,
+    /// `[rows · cols / 32]`, `Q4_1` only.
+    pub(crate) mins: Option<Tensor<1>>,
+}
+
+impl DeviceQuantMatrix {
+    /// Words per block of `format`.
+    pub fn words_per_block(format: QuantFormat) -> usize {
+        match format {
+            QuantFormat::Q8_0 => 8,
+            QuantFormat::Q4_0 | QuantFormat::Q4_1 => 4,
+        }
+    }
+
+    /// Uploads `m`'s blocks to `device` in the kernels' layout.
+    pub fn upload(m: &QuantMatrix, device: &Device) -> Self {
+        let format = m.format();
+        let blocks = m.rows() * m.cols() / BLOCK;
+        let mut words = Vec::with_capacity(blocks * Self::words_per_block(format));
+        let mut scales = Vec::with_capacity(blocks);
+        let mut mins = Vec::new();
+        for b in m.bytes().chunks_exact(format.block_bytes()) {
+            let values = match format {
+                QuantFormat::Q8_0 => &b[2..34],
+                QuantFormat::Q4_0 => &b[2..18],
+                QuantFormat::Q4_1 => {
+                    mins.push(f16_at(b, 2));
+                    &b[4..20]
+                }
+            };
+            scales.push(f16_at(b, 0));
+            words.extend(
+                values
+                    .chunks_exact(4)
+                    .map(|w| i32::from_le_bytes([w[0], w[1], w[2], w[3]])),
+            );
+        }
+        let f32s = |v: Vec<f32>| {
+            let n = v.len();
+            super::upload(v, [n], device, burn::tensor::DType::F32)
+        };
+        let n = words.len();
+        super::counts::note_upload();
+        Self {
+            format,
+            rows: m.rows(),
+            cols: m.cols(),
+            words: Tensor::from_data(TensorData::new(words, [n]), device),
+            scales: f32s(scales),
+            mins: (format == QuantFormat::Q4_1).then(|| f32s(mins)),
+        }
+    }
+
+    /// The rows of `parts` one after another (stacked projections); `None` unless they
+    /// share one format and width.
+    pub fn stack_rows(parts: &[&Self]) -> Option<Self> {
+        let first = parts.first()?;
+        if parts
+            .iter()
+            .any(|p| p.format != first.format || p.cols != first.cols)
+        {
+            return None;
+        }
+        let mins = match first.format {
+            QuantFormat::Q4_1 => Some(Tensor::cat(
+                parts.iter().filter_map(|p| p.mins.clone()).collect(),
+                0,
+            )),
+            _ => None,
+        };
+        Some(Self {
+            format: first.format,
+            rows: parts.iter().map(|p| p.rows).sum(),
+            cols: first.cols,
+            words: Tensor::cat(parts.iter().map(|p| p.words.clone()).collect(), 0),
+            scales: Tensor::cat(parts.iter().map(|p| p.scales.clone()).collect(), 0),
+            mins,
+        })
+    }
+
+    /// The block format.
+    pub fn format(&self) -> QuantFormat {
+        self.format
+    }
+
+    /// Rows (`out`).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns (`in`).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes the matrix occupies on the device.
+    pub fn bytes(&self) -> u64 {
+        let blocks = (self.rows * self.cols / BLOCK) as u64;
+        let per_block = 4 * Self::words_per_block(self.format) as u64
+            + 4
+            + if self.mins.is_some() { 4 } else { 0 };
+        blocks * per_block
     }
 }
 

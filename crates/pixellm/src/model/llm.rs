@@ -265,8 +265,17 @@ impl Llama {
             let quant = p.quant().for_output();
             p.with_quant(quant)
         }
+        // The embedding stays dense where packed rows cannot be looked up on the host (GPU
+        // backends: a lookup would unpack the whole table on the device each step).
+        fn lookup(p: Params<'_>) -> Params<'_> {
+            if crate::kernels::host_packed_on(p.device()) {
+                output(p)
+            } else {
+                p.with_quant(crate::Quant::None)
+            }
+        }
         let embed_tokens =
-            Embedding::load(&output(m.pp("embed_tokens")), c.vocab_size, c.hidden_size)?;
+            Embedding::load(&lookup(m.pp("embed_tokens")), c.vocab_size, c.hidden_size)?;
         let layers = (0..c.num_hidden_layers)
             .map(|i| LlamaDecoderLayer::load(&m.pp("layers").pp(i), c))
             .collect::<Result<Vec<_>>>()?;

@@ -17,7 +17,7 @@ use burn::tensor::{Device, Int, Tensor};
 use super::params::Params;
 use crate::error::Result;
 use crate::kernels;
-use crate::kernels::quant::QuantMatrix;
+use crate::kernels::quant::{DeviceQuantMatrix, QuantMatrix};
 
 // `x` in f32 and back: the casts around the f32 statistics of the norms (defined with the
 // backend router, whose Burn fallbacks use them too).
@@ -32,8 +32,11 @@ pub use crate::kernels::{from_f32, to_f32};
 pub enum Matrix {
     /// A tensor in the model's dtype.
     Dense(Tensor<2>),
-    /// Packed blocks ([`kernels::qlinear`] multiplies by them in place).
+    /// Packed blocks on the host (CPU backend; [`kernels::qlinear`] multiplies by them in
+    /// place).
     Packed(Arc<QuantMatrix>),
+    /// Packed blocks in a GPU device's buffers ([`kernels::device_qlinear`]).
+    DevicePacked(Arc<DeviceQuantMatrix>),
 }
 
 impl Matrix {
@@ -42,6 +45,7 @@ impl Matrix {
         match self {
             Self::Dense(t) => t.dims(),
             Self::Packed(m) => [m.rows(), m.cols()],
+            Self::DevicePacked(m) => [m.rows(), m.cols()],
         }
     }
 }
@@ -84,6 +88,7 @@ impl Linear {
         match &self.weight {
             Matrix::Dense(w) => kernels::linear(x, w, self.bias.as_ref()),
             Matrix::Packed(w) => kernels::qlinear(x, w, self.bias.as_ref()),
+            Matrix::DevicePacked(w) => kernels::device_qlinear(x, w, self.bias.as_ref(), None),
         }
     }
 
@@ -93,6 +98,9 @@ impl Linear {
         match &self.weight {
             Matrix::Dense(w) => kernels::linear_residual(x, w, self.bias.as_ref(), residual),
             Matrix::Packed(w) => residual + kernels::qlinear(x, w, self.bias.as_ref()),
+            Matrix::DevicePacked(w) => {
+                kernels::device_qlinear(x, w, self.bias.as_ref(), Some(residual))
+            }
         }
     }
 }
@@ -100,8 +108,10 @@ impl Linear {
 /// Several projections of one input run as one product: their `[out_i, in]` weights
 /// stacked at load into one `[Σ out_i, in]` matrix and the output split back (LLaMA's
 /// q/k/v and gate/up: one matrix product per step instead of three and two, so fewer
-/// kernel launches on a GPU and fewer trips through the thread pool on the CPU). Parts that
-/// cannot share one matrix (packed in different formats, bias on some only) stay separate.
+/// kernel launches on a GPU and fewer trips through the thread pool for packed matrices on
+/// the CPU). Parts that cannot share one matrix (packed in different formats, bias on some
+/// only) or where stacking does not pay (dense on the CPU: [`kernels::stacks_dense_products`])
+/// stay separate.
 #[derive(Debug, Clone)]
 pub struct FusedLinear<const N: usize> {
     /// One stacked layer, or the `N` parts one by one.
@@ -114,27 +124,41 @@ impl<const N: usize> FusedLinear<N> {
     /// Stacks `parts` (each `[out_i, in]`, the same `in`).
     pub fn new(parts: [Linear; N]) -> Self {
         let widths = std::array::from_fn(|i| parts[i].weight.dims()[0]);
-        let weight = if parts.iter().all(|l| matches!(l.weight, Matrix::Dense(_))) {
+        let dense_here = |l: &Linear| match &l.weight {
+            Matrix::Dense(w) => kernels::stacks_dense_products(&w.device()),
+            Matrix::Packed(_) | Matrix::DevicePacked(_) => false,
+        };
+        let weight = if parts.iter().all(dense_here) {
             let dense = parts
                 .iter()
                 .filter_map(|l| match &l.weight {
                     Matrix::Dense(w) => Some(w.clone()),
-                    Matrix::Packed(_) => None,
+                    _ => None,
                 })
                 .collect();
             Some(Matrix::Dense(Tensor::cat(dense, 0)))
         } else {
-            let packed: Vec<&QuantMatrix> = parts
+            let host: Vec<&QuantMatrix> = parts
                 .iter()
                 .filter_map(|l| match &l.weight {
                     Matrix::Packed(m) => Some(m.as_ref()),
-                    Matrix::Dense(_) => None,
+                    _ => None,
                 })
                 .collect();
-            (packed.len() == parts.len())
-                .then(|| QuantMatrix::stack_rows(&packed))
-                .flatten()
-                .map(|m| Matrix::Packed(Arc::new(m)))
+            let device: Vec<&DeviceQuantMatrix> = parts
+                .iter()
+                .filter_map(|l| match &l.weight {
+                    Matrix::DevicePacked(m) => Some(m.as_ref()),
+                    _ => None,
+                })
+                .collect();
+            if host.len() == parts.len() {
+                QuantMatrix::stack_rows(&host).map(|m| Matrix::Packed(Arc::new(m)))
+            } else if device.len() == parts.len() {
+                DeviceQuantMatrix::stack_rows(&device).map(|m| Matrix::DevicePacked(Arc::new(m)))
+            } else {
+                None
+            }
         };
         let bias = match parts.iter().filter(|l| l.bias.is_some()).count() {
             0 => Some(None),
@@ -275,6 +299,9 @@ impl Embedding {
                 .clone()
                 .select(0, kernels::upload_ids(ids.to_vec(), device)),
             Matrix::Packed(m) => packed_rows(m, ids, device, dtype),
+            Matrix::DevicePacked(m) => {
+                device_rows(m, kernels::upload_ids(ids.to_vec(), device), dtype)
+            }
         }
     }
 
@@ -290,8 +317,20 @@ impl Embedding {
         match &self.weight {
             Matrix::Dense(w) => w.clone().select(0, on_device),
             Matrix::Packed(m) => packed_rows(m, ids, &on_device.device(), dtype),
+            Matrix::DevicePacked(m) => device_rows(m, on_device, dtype),
         }
     }
+}
+
+/// The rows `ids` of a packed table on a GPU device, from the whole table unpacked there
+/// (a model loader keeps lookup tables dense on GPUs, `kernels::host_packed_on`; this is
+/// the correct, slow answer for a table packed by hand).
+fn device_rows(
+    m: &DeviceQuantMatrix,
+    ids: Tensor<1, Int>,
+    dtype: burn::tensor::DType,
+) -> Tensor<2> {
+    kernels::dequantize_device(m, dtype).select(0, ids)
 }
 
 /// The rows `ids` of a packed table, unpacked on the host and uploaded in `dtype`.

@@ -14,7 +14,7 @@ use burn::tensor::{DType, Device, Distribution, Tensor};
 use super::nn::Matrix;
 use crate::error::Result;
 use crate::kernels::packed_on;
-use crate::kernels::quant::{Quant, QuantMatrix};
+use crate::kernels::quant::{DeviceQuantMatrix, Quant, QuantMatrix};
 use crate::weights::WeightFiles;
 
 /// Creates a float tensor of `shape` from host values on `device`, in `dtype` (defined with
@@ -244,9 +244,16 @@ impl<'a> Params<'a> {
         Ok(self.packed(m))
     }
 
+    /// `m` held where this view's device multiplies packed matrices: on the host for the
+    /// CPU kernels, in the device's buffers for the GPU kernels.
     fn packed(&self, m: QuantMatrix) -> Matrix {
-        self.bytes.set(self.bytes.get() + m.bytes().len() as u64);
-        Matrix::Packed(Arc::new(m))
+        if crate::kernels::host_packed_on(self.device) {
+            self.bytes.set(self.bytes.get() + m.bytes().len() as u64);
+            return Matrix::Packed(Arc::new(m));
+        }
+        let m = DeviceQuantMatrix::upload(&m, self.device);
+        self.bytes.set(self.bytes.get() + m.bytes());
+        Matrix::DevicePacked(Arc::new(m))
     }
 
     /// A view one level down: `pp("layers").pp(3)` reads `layers.3.*`.
