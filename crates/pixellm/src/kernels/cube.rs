@@ -915,6 +915,27 @@ fn format_code(format: QuantFormat) -> u32 {
     }
 }
 
+/// Block `b`'s f16 value from a row's table of two-to-a-word halves starting at word
+/// `base`, as f32 (exact: normal and subnormal halves; scales are never infinite).
+#[cube]
+fn half_at<I: Int>(words: &[I], base: usize, b: usize) -> f32 {
+    let w = u32::cast_from(words[base + b / 2]);
+    let h = (w >> ((b % 2) * 16) as u32) & 65535u32;
+    let sign = h >> 15u32;
+    let exp = (h >> 10u32) & 31u32;
+    let mant = h & 1023u32;
+    // Normal: the f32 with the same sign-less mantissa and the exponent rebased (15 → 127).
+    let mut v = f32::reinterpret(((exp + 112u32) << 23u32) | (mant << 13u32));
+    if exp == 0u32 {
+        // Subnormal: mant · 2⁻²⁴.
+        v = f32::cast_from(mant) * f32::new(5.9604645e-8);
+    }
+    if sign == 1u32 {
+        v = -v;
+    }
+    v
+}
+
 /// One workgroup per output value of a one-row product with packed weights: blocks strided
 /// over the workgroup, each block's dot product with `x` from its words (the integer
 /// values times `x`, then the scale; `Q4_0`'s offset of 8 and `Q4_1`'s minimum through the
@@ -925,8 +946,8 @@ fn format_code(format: QuantFormat) -> u32 {
 fn qgemv_kernel<F: Float, I: Int>(
     x: &[F],
     words: &[I],
-    scales: &[f32],
-    mins: &[f32],
+    scales: &[I],
+    mins: &[I],
     bias: &[F],
     residual: &[F],
     out: &mut [F],
@@ -945,11 +966,13 @@ fn qgemv_kernel<F: Float, I: Int>(
     let unit = UNIT_POS as usize;
     let threads = GEMV_THREADS;
     let blocks = cols as usize / 32;
+    let halves = (blocks + 1) / 2;
     let x_col = x_col as usize;
     let mut partial = f32::new(0.0);
     let mut b = unit;
     while b < blocks {
         let block = row * blocks + b;
+        let d = half_at::<I>(scales, row * halves, b);
         let x_base = b * 32;
         let mut acc = f32::new(0.0);
         if format == 0 {
@@ -968,7 +991,7 @@ fn qgemv_kernel<F: Float, I: Int>(
                 }
                 k += 1usize;
             }
-            partial += acc * scales[block];
+            partial += acc * d;
         } else {
             let mut sum_x = f32::new(0.0);
             let mut k = 0usize;
@@ -987,9 +1010,9 @@ fn qgemv_kernel<F: Float, I: Int>(
                 k += 1usize;
             }
             if format == 1 {
-                partial += (acc - f32::new(8.0) * sum_x) * scales[block];
+                partial += (acc - f32::new(8.0) * sum_x) * d;
             } else {
-                partial += acc * scales[block] + sum_x * mins[block];
+                partial += acc * d + sum_x * half_at::<I>(mins, row * halves, b);
             }
         }
         b += threads;
@@ -1020,10 +1043,11 @@ fn qgemv_kernel<F: Float, I: Int>(
 #[cube(launch)]
 fn dequantize_kernel<F: Float, I: Int>(
     words: &[I],
-    scales: &[f32],
-    mins: &[f32],
+    scales: &[I],
+    mins: &[I],
     out: &mut [F],
     count: u32,
+    cols: u32,
     #[comptime] format: u32,
     #[define(F, I)] _dtypes: [ElemType; 2],
 ) {
@@ -1033,7 +1057,11 @@ fn dequantize_kernel<F: Float, I: Int>(
     }
     let block = pos / 32;
     let j = pos % 32;
-    let d = scales[block];
+    let blocks = cols as usize / 32;
+    let row = block / blocks;
+    let b = block % blocks;
+    let halves = (blocks + 1) / 2;
+    let d = half_at::<I>(scales, row * halves, b);
     if format == 0 {
         let w = u32::cast_from(words[block * 8 + j / 4]);
         let q = (w >> (((j % 4) * 8) as u32)) & 255u32;
@@ -1053,7 +1081,7 @@ fn dequantize_kernel<F: Float, I: Int>(
         if format == 1 {
             out[pos] = F::cast_from((f32::cast_from(q) - f32::new(8.0)) * d);
         } else {
-            out[pos] = F::cast_from(f32::cast_from(q) * d + mins[block]);
+            out[pos] = F::cast_from(f32::cast_from(q) * d + half_at::<I>(mins, row * halves, b));
         }
     }
 }
@@ -1062,8 +1090,14 @@ fn dequantize_kernel<F: Float, I: Int>(
 /// format has none: never read).
 fn quant_buffers(w: &DeviceQuantMatrix) -> Option<(CubeTensor, CubeTensor, CubeTensor)> {
     let words = w.words.clone().try_into_primitive::<Cube>().ok()?;
-    let scales = primitive(&w.scales)?;
-    let mins = primitive(w.mins.as_ref().unwrap_or(&w.scales))?;
+    let scales = w.scales.clone().try_into_primitive::<Cube>().ok()?;
+    let mins = w
+        .mins
+        .as_ref()
+        .unwrap_or(&w.scales)
+        .clone()
+        .try_into_primitive::<Cube>()
+        .ok()?;
     [&words, &scales, &mins]
         .iter()
         .all(|t| plain(t))
@@ -1177,6 +1211,7 @@ pub fn dequantize(w: &DeviceQuantMatrix, dtype: DType) -> Option<Tensor<2>> {
         mp.into_buffer_arg(),
         out.clone().into_buffer_arg(),
         count as u32,
+        w.cols() as u32,
         format_code(w.format()),
         dtypes,
     );

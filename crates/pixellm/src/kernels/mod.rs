@@ -299,6 +299,26 @@ pub fn device_qlinear<const D: usize>(
     }
 }
 
+/// IEEE half-precision bit patterns (`[n, 1]` integers) as f32 values, from Burn's float
+/// ops: `±mant · 2⁻²⁴` for subnormals, `±(1024 + mant) · 2^(exp − 25)` otherwise.
+fn half_bits_to_f32(bits: Tensor<2, Int>) -> Tensor<2> {
+    let sign = bits.clone().bitwise_right_shift_scalar(15).float();
+    let exp = bits
+        .clone()
+        .bitwise_right_shift_scalar(10)
+        .bitwise_and_scalar(31);
+    let mant = bits.bitwise_and_scalar(1023).float();
+    let subnormal = exp.clone().equal_elem(0);
+    let exp = exp.float();
+    // 2^(exp − 25) as a power of an exact 2 (integer exponents: exact where `exp(x·ln 2)`
+    // is not).
+    let two = Tensor::<2>::full(exp.dims(), 2.0, (&exp.device(), exp.dtype()));
+    let normal = (mant.clone() + 1024.0) * two.powf(exp - 25.0);
+    let sub = mant * 5.960_464_5e-8;
+    let magnitude = normal.mask_where(subnormal, sub);
+    magnitude * (sign * -2.0 + 1.0)
+}
+
 /// A packed matrix on its device unpacked into a `[rows, cols]` tensor in `dtype`: the
 /// CubeCL kernel, else [`burn_dequantize`].
 pub fn dequantize_device(weight: &quant::DeviceQuantMatrix, dtype: DType) -> Tensor<2> {
@@ -324,7 +344,24 @@ pub fn burn_dequantize(weight: &quant::DeviceQuantMatrix, dtype: DType) -> Tenso
         .reshape([blocks, per_block, 1])
         .bitwise_right_shift(shifts)
         .bitwise_and_scalar(255);
-    let scales = weight.scales.clone().reshape([blocks, 1]);
+    let per_row = weight.cols() / quant::BLOCK;
+    let halves = |table: &Tensor<1, Int>| {
+        let rows = weight.rows();
+        let words = quant::DeviceQuantMatrix::half_words_per_row(per_row);
+        let shifts = upload_ids(vec![0, 16], &device)
+            .cast(table.dtype())
+            .reshape([1, 1, 2]);
+        let bits = table
+            .clone()
+            .reshape([rows, words, 1])
+            .bitwise_right_shift(shifts)
+            .bitwise_and_scalar(0xFFFF)
+            .reshape([rows, 2 * words])
+            .narrow(1, 0, per_row)
+            .reshape([blocks, 1]);
+        half_bits_to_f32(bits)
+    };
+    let scales = halves(&weight.scales);
     let values = match weight.format() {
         quant::QuantFormat::Q8_0 => {
             let q = bytes.reshape([blocks, quant::BLOCK]);
@@ -342,9 +379,7 @@ pub fn burn_dequantize(weight: &quant::DeviceQuantMatrix, dtype: DType) -> Tenso
             )
             .float();
             match (format, &weight.mins) {
-                (quant::QuantFormat::Q4_1, Some(mins)) => {
-                    q * scales + mins.clone().reshape([blocks, 1])
-                }
+                (quant::QuantFormat::Q4_1, Some(mins)) => q * scales + halves(mins),
                 _ => (q - 8.0) * scales,
             }
         }

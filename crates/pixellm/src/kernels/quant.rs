@@ -319,9 +319,10 @@ impl QuantMatrix {
 /// A [`QuantMatrix`] held on a GPU device for the packed CubeCL kernels (`kernels/cube.rs`):
 /// each block's values as 32-bit words in the GGUF byte order (`Q8_0`: 8 words of four
 /// signed bytes; `Q4_0`/`Q4_1`: 4 words, byte `j` holding value `j` in its low nibble and
-/// value `j + 16` in its high one), and its scale (and `Q4_1`'s minimum) as f32. Words and
-/// f32 keep every buffer 4-byte aligned, which WGSL needs; the f32 scales cost 2 bytes per
-/// block more than GGUF's f16 (`Q4_0`: 20 bytes per 32 values instead of 18).
+/// value `j + 16` in its high one), and its f16 scale (and `Q4_1`'s f16 minimum) two to a
+/// word, row by row (a row's last word is half empty when it has an odd number of
+/// blocks). Words keep every buffer 4-byte aligned, which WGSL needs, and the f16 bits are
+/// unpacked in the kernels (no `shader-f16` needed): the same bytes per value as GGUF.
 #[derive(Debug, Clone)]
 pub struct DeviceQuantMatrix {
     format: QuantFormat,
@@ -329,10 +330,10 @@ pub struct DeviceQuantMatrix {
     cols: usize,
     /// `[rows · cols / 32 · words_per_block]` (i32 bit patterns of the u32 words).
     pub(crate) words: Tensor<1, Int>,
-    /// `[rows · cols / 32]`.
-    pub(crate) scales: Tensor<1>,
-    /// `[rows · cols / 32]`, `Q4_1` only.
-    pub(crate) mins: Option<Tensor<1>>,
+    /// `[rows · ⌈cols / 64⌉]` words of two f16 scales.
+    pub(crate) scales: Tensor<1, Int>,
+    /// Like `scales`, `Q4_1`'s minimums.
+    pub(crate) mins: Option<Tensor<1, Int>>,
 }
 
 impl DeviceQuantMatrix {
@@ -344,42 +345,61 @@ impl DeviceQuantMatrix {
         }
     }
 
+    /// Words of two f16 values per row of `blocks` blocks.
+    pub fn half_words_per_row(blocks: usize) -> usize {
+        blocks.div_ceil(2)
+    }
+
     /// Uploads `m`'s blocks to `device` in the kernels' layout.
     pub fn upload(m: &QuantMatrix, device: &Device) -> Self {
         let format = m.format();
-        let blocks = m.rows() * m.cols() / BLOCK;
+        let per_row = m.cols() / BLOCK;
+        let blocks = m.rows() * per_row;
         let mut words = Vec::with_capacity(blocks * Self::words_per_block(format));
-        let mut scales = Vec::with_capacity(blocks);
-        let mut mins = Vec::new();
-        for b in m.bytes().chunks_exact(format.block_bytes()) {
-            let values = match format {
-                QuantFormat::Q8_0 => &b[2..34],
-                QuantFormat::Q4_0 => &b[2..18],
-                QuantFormat::Q4_1 => {
-                    mins.push(f16_at(b, 2));
-                    &b[4..20]
+        let half_words = m.rows() * Self::half_words_per_row(per_row);
+        let (mut scales, mut mins) = (Vec::with_capacity(half_words), Vec::new());
+        // The f16 bits at `at` of a block, placed in the low or high half of a word.
+        let bits = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]) as u32;
+        for r in 0..m.rows() {
+            let row = m.row(r);
+            let pair = |out: &mut Vec<i32>, at: usize| {
+                for two in row.chunks(2 * format.block_bytes()) {
+                    let mut word = bits(two, at);
+                    if two.len() > format.block_bytes() {
+                        word |= bits(&two[format.block_bytes()..], at) << 16;
+                    }
+                    out.push(word as i32);
                 }
             };
-            scales.push(f16_at(b, 0));
-            words.extend(
-                values
-                    .chunks_exact(4)
-                    .map(|w| i32::from_le_bytes([w[0], w[1], w[2], w[3]])),
-            );
+            pair(&mut scales, 0);
+            if format == QuantFormat::Q4_1 {
+                pair(&mut mins, 2);
+            }
+            for b in row.chunks_exact(format.block_bytes()) {
+                let values = match format {
+                    QuantFormat::Q8_0 => &b[2..34],
+                    QuantFormat::Q4_0 => &b[2..18],
+                    QuantFormat::Q4_1 => &b[4..20],
+                };
+                words.extend(
+                    values
+                        .chunks_exact(4)
+                        .map(|w| i32::from_le_bytes([w[0], w[1], w[2], w[3]])),
+                );
+            }
         }
-        let f32s = |v: Vec<f32>| {
+        let ints = |v: Vec<i32>| {
+            super::counts::note_upload();
             let n = v.len();
-            super::upload(v, [n], device, burn::tensor::DType::F32)
+            Tensor::<1, Int>::from_data(TensorData::new(v, [n]), device)
         };
-        let n = words.len();
-        super::counts::note_upload();
         Self {
             format,
             rows: m.rows(),
             cols: m.cols(),
-            words: Tensor::from_data(TensorData::new(words, [n]), device),
-            scales: f32s(scales),
-            mins: (format == QuantFormat::Q4_1).then(|| f32s(mins)),
+            words: ints(words),
+            scales: ints(scales),
+            mins: (format == QuantFormat::Q4_1).then(|| ints(mins)),
         }
     }
 
@@ -428,10 +448,9 @@ impl DeviceQuantMatrix {
     /// Bytes the matrix occupies on the device.
     pub fn bytes(&self) -> u64 {
         let blocks = (self.rows * self.cols / BLOCK) as u64;
-        let per_block = 4 * Self::words_per_block(self.format) as u64
-            + 4
-            + if self.mins.is_some() { 4 } else { 0 };
-        blocks * per_block
+        let half_words = (self.rows * Self::half_words_per_row(self.cols / BLOCK)) as u64;
+        let tables = if self.mins.is_some() { 2 } else { 1 };
+        blocks * 4 * Self::words_per_block(self.format) as u64 + tables * half_words * 4
     }
 }
 
