@@ -966,6 +966,8 @@ fn qgemv_kernel<F: Float, I: Int>(
     let unit = UNIT_POS as usize;
     let threads = GEMV_THREADS;
     let blocks = cols as usize / 32;
+    // `div_ceil` has no `#[cube]` expansion.
+    #[allow(clippy::manual_div_ceil)]
     let halves = (blocks + 1) / 2;
     let x_col = x_col as usize;
     let mut partial = f32::new(0.0);
@@ -1060,6 +1062,8 @@ fn dequantize_kernel<F: Float, I: Int>(
     let blocks = cols as usize / 32;
     let row = block / blocks;
     let b = block % blocks;
+    // `div_ceil` has no `#[cube]` expansion.
+    #[allow(clippy::manual_div_ceil)]
     let halves = (blocks + 1) / 2;
     let d = half_at::<I>(scales, row * halves, b);
     if format == 0 {
