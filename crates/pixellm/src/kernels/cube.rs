@@ -52,6 +52,52 @@ fn row_threads(d: usize) -> usize {
     d.next_power_of_two().clamp(32, 256)
 }
 
+/// The sum of every unit's `partial` over the workgroup (`threads` units), returned to
+/// every unit: the partials in shared memory, added by one unit (`threads` additions and two
+/// barriers; a tree of barriers in a loop does not lower to every target).
+#[cube]
+fn cube_sum(partial: f32, #[comptime] threads: usize) -> f32 {
+    let unit = UNIT_POS as usize;
+    let mut partials = Shared::<[f32]>::new_slice(threads);
+    partials[unit] = partial;
+    sync_cube();
+    let mut total = Shared::<f32>::new();
+    if unit == 0 {
+        let mut sum = f32::new(0.0);
+        let mut t = 0u32;
+        while t < threads as u32 {
+            sum += partials[t as usize];
+            t += 1u32;
+        }
+        *total = sum;
+    }
+    sync_cube();
+    *total
+}
+
+/// A product's output value `row`: the f32 `sum` rounded to `F`, then `+ bias[row]` and
+/// `+ residual[row]` in `F` (the rounding of Burn's matmul followed by its additions).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn write_row<F: Float>(
+    out: &mut [F],
+    bias: &[F],
+    residual: &[F],
+    row: usize,
+    sum: f32,
+    #[comptime] has_bias: bool,
+    #[comptime] has_residual: bool,
+) {
+    let mut y = F::cast_from(sum);
+    if has_bias {
+        y += bias[row];
+    }
+    if has_residual {
+        y += residual[row];
+    }
+    out[row] = y;
+}
+
 /// One workgroup per row: the row's sum of squares in f32 (strided over the workgroup,
 /// then a tree in shared memory), `x · 1/√(mean + ε)` in f32, cast to `F`, times `w`.
 #[cube(launch)]
@@ -73,22 +119,7 @@ fn rms_norm_kernel<F: Float>(
         partial += v * v;
         i += threads;
     }
-    let mut sums = Shared::<[f32]>::new_slice(threads);
-    sums[unit] = partial;
-    sync_cube();
-    // The partials summed by one unit: `threads` additions, no loop of barriers.
-    let mut total = Shared::<f32>::new();
-    if unit == 0 {
-        let mut sum = f32::new(0.0);
-        let mut k = 0u32;
-        while k < threads as u32 {
-            sum += sums[k as usize];
-            k += 1u32;
-        }
-        *total = sum;
-    }
-    sync_cube();
-    let mean = *total / f32::cast_from(d);
+    let mean = cube_sum(partial, threads) / f32::cast_from(d);
     let inv = f32::new(1.0) / (mean + eps).sqrt();
     let mut j = unit;
     while j < d as usize {
@@ -455,26 +486,14 @@ fn attention_step_kernel<F: Float, B: Int>(
         local_sum += e;
         j += threads;
     }
-    partials[unit] = local_sum;
-    sync_cube();
-    let mut total = Shared::<f32>::new();
-    if unit == 0 {
-        let mut sum = f32::new(0.0);
-        let mut t = 0u32;
-        while t < threads as u32 {
-            sum += partials[t as usize];
-            t += 1u32;
-        }
-        if sum < f32::new(f32::MIN_POSITIVE) {
-            sum = f32::new(f32::MIN_POSITIVE);
-        }
-        *total = sum;
+    let mut sum = cube_sum(local_sum, threads);
+    if sum < f32::new(f32::MIN_POSITIVE) {
+        sum = f32::new(f32::MIN_POSITIVE);
     }
     // The exponentials each unit wrote to `scores` are read by every unit below.
     sync_storage();
     sync_cube();
 
-    let sum = *total;
     let o_base = CUBE_POS * d;
     let mut i = unit;
     while i < d {
@@ -809,24 +828,9 @@ fn gemv_kernel<F: Float>(
             f32::cast_from(x[i * x_col as usize]) * f32::cast_from(w[base + i * w_col as usize]);
         i += threads;
     }
-    let mut partials = Shared::<[f32]>::new_slice(threads);
-    partials[unit] = partial;
-    sync_cube();
+    let sum = cube_sum(partial, threads);
     if unit == 0 {
-        let mut sum = f32::new(0.0);
-        let mut t = 0u32;
-        while t < threads as u32 {
-            sum += partials[t as usize];
-            t += 1u32;
-        }
-        let mut y = F::cast_from(sum);
-        if has_bias {
-            y += bias[row];
-        }
-        if has_residual {
-            y += residual[row];
-        }
-        out[row] = y;
+        write_row::<F>(out, bias, residual, row, sum, has_bias, has_residual);
     }
 }
 
@@ -855,19 +859,10 @@ pub fn gemv(
     let (true, Some(xp), Some(wp)) = (applies, primitive(&x), primitive(weight)) else {
         return Err(x);
     };
-    let device = x.device();
-    let extra = |t: Option<Tensor<1>>| {
-        t.unwrap_or_else(|| Tensor::<1>::empty([1], (&device, dtype)))
-            .try_into_primitive::<Cube>()
-            .ok()
-    };
-    let (Some(bp), Some(rp)) = (
-        extra(bias.cloned()),
-        extra(residual.map(|r| r.clone().reshape([d_out]))),
-    ) else {
+    let Some((bp, rp)) = epilogue(&x.device(), dtype, d_out, bias, residual) else {
         return Err(x);
     };
-    if xp.meta.is_tiled() || wp.meta.is_tiled() || !plain(&bp) || !plain(&rp) {
+    if xp.meta.is_tiled() || wp.meta.is_tiled() {
         return Err(x);
     }
     let (xs, ws) = (xp.meta.strides(), wp.meta.strides());
@@ -878,16 +873,12 @@ pub fn gemv(
     ) else {
         return Err(x);
     };
-    let (cubes_x, cubes_y) = (
-        d_out.min(u16::MAX as usize),
-        d_out.div_ceil(u16::MAX as usize),
-    );
     let client = xp.client.clone();
     let out =
         empty_device_contiguous_dtype(client.clone(), xp.device.clone(), [1, d_out].into(), dtype);
     gemv_kernel::launch(
         &client,
-        CubeCount::Static(cubes_x as u32, cubes_y as u32, 1),
+        grid(d_out),
         CubeDim::new_1d(GEMV_THREADS as u32),
         xp.into_buffer_arg(),
         wp.into_buffer_arg(),
@@ -1019,24 +1010,9 @@ fn qgemv_kernel<F: Float, I: Int>(
         }
         b += threads;
     }
-    let mut partials = Shared::<[f32]>::new_slice(threads);
-    partials[unit] = partial;
-    sync_cube();
+    let sum = cube_sum(partial, threads);
     if unit == 0 {
-        let mut sum = f32::new(0.0);
-        let mut t = 0u32;
-        while t < threads as u32 {
-            sum += partials[t as usize];
-            t += 1u32;
-        }
-        let mut y = F::cast_from(sum);
-        if has_bias {
-            y += bias[row];
-        }
-        if has_residual {
-            y += residual[row];
-        }
-        out[row] = y;
+        write_row::<F>(out, bias, residual, row, sum, has_bias, has_residual);
     }
 }
 
@@ -1128,28 +1104,15 @@ pub fn qgemv(
     let (true, Some(xp), Some((wp, sp, mp))) = (applies, primitive(&x), quant_buffers(w)) else {
         return Err(x);
     };
-    let device = x.device();
-    let extra = |t: Option<Tensor<1>>| {
-        t.unwrap_or_else(|| Tensor::<1>::empty([1], (&device, dtype)))
-            .try_into_primitive::<Cube>()
-            .ok()
-    };
-    let (Some(bp), Some(rp)) = (
-        extra(bias.cloned()),
-        extra(residual.map(|r| r.clone().reshape([d_out]))),
-    ) else {
+    let Some((bp, rp)) = epilogue(&x.device(), dtype, d_out, bias, residual) else {
         return Err(x);
     };
     let Ok(x_col) = u32::try_from(xp.meta.strides()[1]) else {
         return Err(x);
     };
-    if xp.meta.is_tiled() || !plain(&bp) || !plain(&rp) {
+    if xp.meta.is_tiled() {
         return Err(x);
     }
-    let (cubes_x, cubes_y) = (
-        d_out.min(u16::MAX as usize),
-        d_out.div_ceil(u16::MAX as usize),
-    );
     let client = xp.client.clone();
     let out =
         empty_device_contiguous_dtype(client.clone(), xp.device.clone(), [1, d_out].into(), dtype);
@@ -1159,7 +1122,7 @@ pub fn qgemv(
     ];
     qgemv_kernel::launch(
         &client,
-        CubeCount::Static(cubes_x as u32, cubes_y as u32, 1),
+        grid(d_out),
         CubeDim::new_1d(GEMV_THREADS as u32),
         xp.into_buffer_arg(),
         wp.into_buffer_arg(),
@@ -1191,10 +1154,6 @@ pub fn dequantize(w: &DeviceQuantMatrix, dtype: DType) -> Option<Tensor<2>> {
         return None;
     }
     let (wp, sp, mp) = quant_buffers(w)?;
-    let (cubes_x, cubes_y) = (
-        cubes.min(u16::MAX as usize),
-        cubes.div_ceil(u16::MAX as usize),
-    );
     let client = sp.client.clone();
     let out = empty_device_contiguous_dtype(
         client.clone(),
@@ -1208,7 +1167,7 @@ pub fn dequantize(w: &DeviceQuantMatrix, dtype: DType) -> Option<Tensor<2>> {
     ];
     dequantize_kernel::launch(
         &client,
-        CubeCount::Static(cubes_x as u32, cubes_y as u32, 1),
+        grid(cubes),
         CubeDim::new_1d(256),
         wp.into_buffer_arg(),
         sp.into_buffer_arg(),
@@ -1220,6 +1179,34 @@ pub fn dequantize(w: &DeviceQuantMatrix, dtype: DType) -> Option<Tensor<2>> {
         dtypes,
     );
     Some(Tensor::from_primitive::<Cube>(out))
+}
+
+/// At least `cubes` workgroups, laid out within the per-dimension limit of 65,535 (the
+/// kernels read their linear position and skip the surplus).
+fn grid(cubes: usize) -> CubeCount {
+    let x = cubes.clamp(1, u16::MAX as usize);
+    CubeCount::Static(x as u32, cubes.div_ceil(x) as u32, 1)
+}
+
+/// The bias and residual buffers of a one-row product with `d_out` outputs (a one-value
+/// stand-in for each one absent: never read), or `None` where one cannot be read flat.
+fn epilogue(
+    device: &burn::tensor::Device,
+    dtype: DType,
+    d_out: usize,
+    bias: Option<&Tensor<1>>,
+    residual: Option<&Tensor<2>>,
+) -> Option<(CubeTensor, CubeTensor)> {
+    let buffer = |t: Option<Tensor<1>>| {
+        t.unwrap_or_else(|| Tensor::<1>::empty([1], (device, dtype)))
+            .try_into_primitive::<Cube>()
+            .ok()
+            .filter(plain)
+    };
+    Some((
+        buffer(bias.cloned())?,
+        buffer(residual.map(|r| r.clone().reshape([d_out])))?,
+    ))
 }
 
 /// The CubeCL tensor behind `t`, or `None` on another backend.
