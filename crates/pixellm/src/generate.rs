@@ -47,7 +47,8 @@ pub async fn greedy_async(
     let h = llm.config().hidden_size;
     let mut ids = Vec::new();
     while ids.len() < max_new_tokens {
-        // The id stays on the device for the next step's embedding; the host reads a copy.
+        // Index of the largest logit (first on ties, as `torch.argmax`); it stays on the
+        // device for the next step's embedding, the host reads a copy.
         let next = llm.logits(last.clone()).argmax(1).reshape([1]);
         let id = read_id(next.clone()).await?;
         ids.push(id);
@@ -60,11 +61,6 @@ pub async fn greedy_async(
             .reshape([1, h]);
     }
     Ok(ids)
-}
-
-/// Index of the largest logit of `[1, V]` logits (first index on ties, as `torch.argmax`).
-pub async fn argmax_async(logits: Tensor<2>) -> Result<i64> {
-    read_id(logits.argmax(1).reshape([1])).await
 }
 
 /// The one host read per generated token: the id in `id` (`[1]`).

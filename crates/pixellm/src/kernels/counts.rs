@@ -12,7 +12,7 @@
 //!   hash, the key of its compiled artifact): a kernel first seen after warm-up is a
 //!   compilation on the decode path.
 //! - Uploads and reads are counted where the runtime makes them ([`super::upload`] and the
-//!   other `note_upload` sites, [`crate::generate::argmax_async`]). Burn's own ops upload
+//!   other `note_upload` sites, the token id read in [`crate::generate::greedy_async`]). Burn's own ops upload
 //!   only in `int_arange` (its attention fallback's causal mask), which the runtime never
 //!   reaches with one query (`kernels::attention` is called with `causal = false` there).
 //!
@@ -20,7 +20,9 @@
 //! their kernels (the bench runs alone; tests that assert counts run the CLI in a process
 //! of its own).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 use std::sync::Arc;
@@ -90,24 +92,29 @@ pub struct Watch {
     _observation: burn::cubecl::logging::LaunchObservation,
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     kernels: Option<burn::cubecl::launched::LaunchedKernels>,
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
     seen: HashSet<u128>,
-    last: Work,
+    /// The upload and read counters at the last lap.
+    uploads: u64,
+    reads: u64,
 }
 
 impl std::fmt::Debug for Watch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Watch").field("last", &self.last).finish()
+        f.debug_struct("Watch")
+            .field("uploads", &self.uploads)
+            .field("reads", &self.reads)
+            .finish()
     }
 }
 
 impl Watch {
     /// Starts counting (replacing any launch observer installed before, until dropped).
     pub fn start() -> Self {
-        let last = Work {
-            uploads: UPLOADS.load(Ordering::Relaxed),
-            reads: READS.load(Ordering::Relaxed),
-            ..Work::default()
-        };
+        let (uploads, reads) = (
+            UPLOADS.load(Ordering::Relaxed),
+            READS.load(Ordering::Relaxed),
+        );
         #[cfg(any(feature = "wgpu", feature = "cuda"))]
         {
             let counter = Arc::new(LaunchCounter::default());
@@ -116,14 +123,12 @@ impl Watch {
                 counter,
                 kernels: Some(burn::cubecl::launched::LaunchedKernels::new()),
                 seen: HashSet::new(),
-                last,
+                uploads,
+                reads,
             }
         }
         #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
-        Self {
-            seen: HashSet::new(),
-            last,
-        }
+        Self { uploads, reads }
     }
 
     /// Whether this build observes kernel launches (a CubeCL backend compiled in); without
@@ -165,11 +170,10 @@ impl Watch {
             launches: by_kernel.values().sum(),
             by_kernel,
             new_kernels,
-            uploads: uploads - self.last.uploads,
-            reads: reads - self.last.reads,
+            uploads: uploads - self.uploads,
+            reads: reads - self.reads,
         };
-        self.last.uploads = uploads;
-        self.last.reads = reads;
+        (self.uploads, self.reads) = (uploads, reads);
         work
     }
 }

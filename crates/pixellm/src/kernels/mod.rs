@@ -216,14 +216,7 @@ pub fn qlinear<const D: usize>(
 /// matrices (the CPU's) are always stacked: one pass of the packed product instead of
 /// three pays there (SmolLM2 Q4_1 decode 0.76× → 0.85× llama.cpp).
 pub fn stacks_dense_products(device: &Device) -> bool {
-    #[cfg(feature = "cpu")]
-    let cpu = *device == Device::flex();
-    #[cfg(not(feature = "cpu"))]
-    let cpu = {
-        let _ = device;
-        false
-    };
-    !cpu
+    !crate::backend::is_cpu(device)
 }
 
 /// Refuses a quantisation that asks for packed weights (`q8`, `q4`) on a device without

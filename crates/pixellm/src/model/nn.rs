@@ -40,6 +40,45 @@ pub enum Matrix {
 }
 
 impl Matrix {
+    /// `parts` stacked by rows into one matrix of their kind (dense where
+    /// [`kernels::stacks_dense_products`] says it pays, packed in one format and width), or
+    /// `None`.
+    fn stack(parts: &[&Matrix]) -> Option<Matrix> {
+        match parts.first()? {
+            Self::Dense(first) => {
+                let dense = parts
+                    .iter()
+                    .map(|m| match m {
+                        Self::Dense(w) => Some(w.clone()),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                kernels::stacks_dense_products(&first.device())
+                    .then(|| Self::Dense(Tensor::cat(dense, 0)))
+            }
+            Self::Packed(_) => {
+                let host = parts
+                    .iter()
+                    .map(|m| match m {
+                        Self::Packed(q) => Some(q.as_ref()),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                QuantMatrix::stack_rows(&host).map(|m| Self::Packed(Arc::new(m)))
+            }
+            Self::DevicePacked(_) => {
+                let device = parts
+                    .iter()
+                    .map(|m| match m {
+                        Self::DevicePacked(q) => Some(q.as_ref()),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                DeviceQuantMatrix::stack_rows(&device).map(|m| Self::DevicePacked(Arc::new(m)))
+            }
+        }
+    }
+
     /// `[rows, cols]`.
     pub fn dims(&self) -> [usize; 2] {
         match self {
@@ -124,42 +163,8 @@ impl<const N: usize> FusedLinear<N> {
     /// Stacks `parts` (each `[out_i, in]`, the same `in`).
     pub fn new(parts: [Linear; N]) -> Self {
         let widths = std::array::from_fn(|i| parts[i].weight.dims()[0]);
-        let dense_here = |l: &Linear| match &l.weight {
-            Matrix::Dense(w) => kernels::stacks_dense_products(&w.device()),
-            Matrix::Packed(_) | Matrix::DevicePacked(_) => false,
-        };
-        let weight = if parts.iter().all(dense_here) {
-            let dense = parts
-                .iter()
-                .filter_map(|l| match &l.weight {
-                    Matrix::Dense(w) => Some(w.clone()),
-                    _ => None,
-                })
-                .collect();
-            Some(Matrix::Dense(Tensor::cat(dense, 0)))
-        } else {
-            let host: Vec<&QuantMatrix> = parts
-                .iter()
-                .filter_map(|l| match &l.weight {
-                    Matrix::Packed(m) => Some(m.as_ref()),
-                    _ => None,
-                })
-                .collect();
-            let device: Vec<&DeviceQuantMatrix> = parts
-                .iter()
-                .filter_map(|l| match &l.weight {
-                    Matrix::DevicePacked(m) => Some(m.as_ref()),
-                    _ => None,
-                })
-                .collect();
-            if host.len() == parts.len() {
-                QuantMatrix::stack_rows(&host).map(|m| Matrix::Packed(Arc::new(m)))
-            } else if device.len() == parts.len() {
-                DeviceQuantMatrix::stack_rows(&device).map(|m| Matrix::DevicePacked(Arc::new(m)))
-            } else {
-                None
-            }
-        };
+        let weights: Vec<&Matrix> = parts.iter().map(|l| &l.weight).collect();
+        let weight = Matrix::stack(&weights);
         let bias = match parts.iter().filter(|l| l.bias.is_some()).count() {
             0 => Some(None),
             n if n == parts.len() => Some(Some(Tensor::cat(
